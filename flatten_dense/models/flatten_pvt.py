@@ -1,0 +1,176 @@
+"""FLatten-PVT (v1) and FLatten-PVTv2: pyramid vision transformers with focused linear attention.
+
+v1: non-overlapping patch embeddings, a learned position embedding per stage (`pos_embed{i}`,
+resized to the actual grid), plain MLPs. v2: overlapping patch embeddings, a depthwise conv in the
+MLP and a LayerNorm closing each stage (`norm{i}`), which is also the backbone's output norm.
+Every stage attends with focused linear attention over all its tokens ("L"); "S" selects PVT's
+softmax spatial-reduction attention with `sr_ratios` instead (the softmax counterpart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+from .layers import DepthwiseConvMlp, FocusedLinearAttention, Mlp, PatchEmbed, PositionTableResizer, SpatialReductionAttention
+from .pyramid_model import PyramidModel, init_transformer_weights
+
+__all__ = ["FlattenPVT", "PVTBlock"]
+
+NORM_EPS = 1e-6
+
+
+class PVTBlock(nn.Module):
+    """x + attn(norm1(x)); x + mlp(norm2(x)), on tokens (B, N, C) of a grid (H, W)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        attn_type: str,
+        num_keys: int,
+        sr_ratio: int,
+        mlp_ratio: float,
+        drop_path: float,
+        conv_mlp: bool,
+        focusing_factor: float,
+        kernel_size: int,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
+        if attn_type == "L":
+            self.attn = FocusedLinearAttention(
+                dim, num_heads, num_keys=num_keys, fused_qkv=False, focusing_factor=focusing_factor, kernel_size=kernel_size
+            )
+        elif attn_type == "S":
+            self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio=sr_ratio)
+        else:
+            raise ValueError(f"attention type must be 'L' (focused linear) or 'S' (softmax), got {attn_type!r}")
+        self.drop_path = StochasticDepth(drop_path, "row")
+        self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = DepthwiseConvMlp(dim, hidden) if conv_mlp else Mlp(dim, hidden)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), grid))
+        return x + self.drop_path(self.mlp(self.norm2(x), grid))
+
+
+class FlattenPVT(PyramidModel):
+    """FLatten-PVT v1 (`version=1`) or v2. Classifier role when `out_indices` is None."""
+
+    def __init__(
+        self,
+        *,
+        version: int = 1,
+        embed_dims: Sequence[int] = (64, 128, 320, 512),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (1, 2, 5, 8),
+        mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+        attn_types: str = "LLLL",
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        pretrain_image_size: int = 224,
+        drop_path_rate: float = 0.1,
+        focusing_factor: float = 3.0,
+        kernel_size: int = 5,
+        num_classes: int = 1000,
+        out_indices: Sequence[int] | None = None,
+        frozen_stages: int = -1,
+        with_cp: bool = False,
+        out_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if version not in (1, 2):
+            raise ValueError(f"PVT version must be 1 or 2, got {version}")
+        if len(attn_types) != len(depths):
+            raise ValueError(f"attn_types {attn_types!r} needs one letter per stage ({len(depths)})")
+        self.version = version
+        self.num_stages = len(depths)
+        self.stage_channels = tuple(embed_dims)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self._resize_position = PositionTableResizer()
+        for i, depth in enumerate(depths):
+            in_channels = 3 if i == 0 else embed_dims[i - 1]
+            grid_side = pretrain_image_size // 4 // 2**i
+            if version == 1:
+                embed = PatchEmbed(in_channels, embed_dims[i], kernel=4 if i == 0 else 2, stride=4 if i == 0 else 2)
+                pos_embed = nn.Parameter(torch.zeros(1, grid_side**2, embed_dims[i]))
+                nn.init.trunc_normal_(pos_embed, std=0.02)
+                setattr(self, f"pos_embed{i + 1}", pos_embed)
+            else:
+                kernel, stride = (7, 4) if i == 0 else (3, 2)
+                embed = PatchEmbed(in_channels, embed_dims[i], kernel=kernel, stride=stride, padding=kernel // 2)
+            setattr(self, f"patch_embed{i + 1}", embed)
+            blocks = [
+                PVTBlock(
+                    embed_dims[i],
+                    num_heads[i],
+                    attn_type=attn_types[i],
+                    num_keys=grid_side**2,
+                    sr_ratio=sr_ratios[i],
+                    mlp_ratio=mlp_ratios[i],
+                    drop_path=rates[sum(depths[:i]) + j],
+                    conv_mlp=version == 2,
+                    focusing_factor=focusing_factor,
+                    kernel_size=kernel_size,
+                )
+                for j in range(depth)
+            ]
+            setattr(self, f"block{i + 1}", nn.ModuleList(blocks))
+            if version == 2:
+                setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=NORM_EPS))
+        if version == 1 and out_indices is None:
+            # Stored in the released v1 checkpoints but not applied by their classifier.
+            self.norm = nn.LayerNorm(embed_dims[-1], eps=NORM_EPS)
+        self.apply(init_transformer_weights)
+        self._init_role(
+            num_classes=num_classes,
+            out_indices=out_indices,
+            frozen_stages=frozen_stages,
+            with_cp=with_cp,
+            out_norm=out_norm and version == 1,  # v2's stage norms already close every output
+            num_features=embed_dims[-1],
+            norm_eps=NORM_EPS,
+        )
+        if self.is_classifier and isinstance(self.head, nn.Linear):
+            init_transformer_weights(self.head)
+
+    def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
+        maps = []
+        for i in range(last_stage + 1):
+            tokens, grid = getattr(self, f"patch_embed{i + 1}")(x)  # B N C
+            if self.version == 1:
+                tokens = tokens + self._resize_position(getattr(self, f"pos_embed{i + 1}"), grid)
+            for block in getattr(self, f"block{i + 1}"):
+                tokens = self.run_block(block, tokens, grid)
+            if self.version == 2:
+                tokens = getattr(self, f"norm{i + 1}")(tokens)
+            batch, _, channels = tokens.shape
+            x = tokens.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
+            maps.append(x)
+        return maps
+
+    def _classifier_features(self, x: Tensor) -> Tensor:
+        return self._stage_maps(x, self.num_stages - 1)[-1].flatten(2).mean(dim=-1)  # B C
+
+    def _stem_modules(self) -> list[nn.Module | nn.Parameter]:
+        stem: list[nn.Module | nn.Parameter] = [self.patch_embed1]
+        if self.version == 1:
+            stem.append(self.pos_embed1)
+        return stem
+
+    def _stage_modules(self, index: int) -> list[nn.Module | nn.Parameter]:
+        stage = index + 1
+        modules: list[nn.Module | nn.Parameter] = [getattr(self, f"patch_embed{stage}"), getattr(self, f"block{stage}")]
+        if self.version == 1:
+            modules.append(getattr(self, f"pos_embed{stage}"))
+        else:
+            modules.append(getattr(self, f"norm{stage}"))
+        if not self.is_classifier and str(index) in self.out_norms:
+            modules.append(self.out_norms[str(index)])
+        return modules
+

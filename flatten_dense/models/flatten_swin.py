@@ -1,0 +1,236 @@
+"""FLatten-Swin: Swin Transformer with focused linear attention in the early stages.
+
+Stages marked "L" use focused linear attention; by default over one global window at any input
+size (at 224 x 224 the released 56 x 56 window is global, and linear attention costs the same at
+any window size, so the global window keeps the released behaviour and the global receptive field).
+A finite `linear_window` partitions the map into padded windows; padding tokens are masked out of
+the attention. Linear stages never shift (the released models do not either: a shift mask cannot
+be expressed as one k^T v product per window). Stages marked "S" are Swin's 7 x 7 shifted windowed
+softmax attention with relative position bias and correct masks for shifts and padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
+
+from .layers import FocusedLinearAttention, Mlp, PatchEmbed, WindowAttention, shifted_window_mask, window_partition, window_reverse
+from .pyramid_model import PyramidModel, init_transformer_weights
+
+__all__ = ["FlattenSwin", "SwinBlock", "PatchMerging"]
+
+
+def _pad_to_multiple(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """(B, H, W, C) -> zero padded on the bottom/right to multiples of the window."""
+    pad_h = (-x.shape[1]) % window[0]
+    pad_w = (-x.shape[2]) % window[1]
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x
+
+
+class SwinBlock(nn.Module):
+    """norm -> (linear | shifted-window softmax) attention -> residual -> norm -> MLP -> residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        attn_type: str,
+        num_keys: int,
+        linear_window: int | None,
+        softmax_window: int,
+        shift: bool,
+        mlp_ratio: float,
+        drop_path: float,
+        focusing_factor: float,
+        kernel_size: int,
+    ) -> None:
+        super().__init__()
+        if attn_type not in ("L", "S"):
+            raise ValueError(f"attention type must be 'L' (focused linear) or 'S' (softmax), got {attn_type!r}")
+        self.attn_type = attn_type
+        self.linear_window = linear_window
+        self.softmax_window = softmax_window
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        if attn_type == "L":
+            self.attn = FocusedLinearAttention(
+                dim, num_heads, num_keys=num_keys, fused_qkv=True, focusing_factor=focusing_factor, kernel_size=kernel_size
+            )
+        else:
+            self.attn = WindowAttention(dim, num_heads, window=softmax_window)
+        self.drop_path = StochasticDepth(drop_path, "row")
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self._mask_cache: dict[tuple, Tensor | None] = {}
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:  # (B, H*W, C) -> same
+        batch, tokens, channels = x.shape
+        attended = self.norm1(x).view(batch, grid[0], grid[1], channels)
+        attended = self._linear(attended) if self.attn_type == "L" else self._softmax(attended)
+        x = x + self.drop_path(attended.reshape(batch, tokens, channels))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _linear(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> same
+        batch, height, width, channels = x.shape
+        if self.linear_window is None or (self.linear_window >= height and self.linear_window >= width):
+            return self.attn(x.reshape(batch, height * width, channels), (height, width)).view_as(x)
+        window = (min(self.linear_window, height), min(self.linear_window, width))
+        padded = _pad_to_multiple(x, window)
+        windows = window_partition(padded, window)  # B*nW, wh*ww, C
+        valid = None
+        if padded.shape[1:3] != x.shape[1:3]:
+            real = torch.zeros(1, padded.shape[1], padded.shape[2], 1, dtype=torch.bool, device=x.device)
+            real[:, :height, :width] = True
+            valid = window_partition(real, window).squeeze(-1).repeat(batch, 1)  # B*nW, wh*ww
+        out = window_reverse(self.attn(windows, window, valid), window, padded.shape[1], padded.shape[2])
+        return out[:, :height, :width]
+
+    def _softmax(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> same
+        _, height, width, _ = x.shape
+        size = self.softmax_window
+        window = (size, size)
+        shift = tuple(size // 2 if self.shift and side > size else 0 for side in (height, width))
+        padded = _pad_to_multiple(x, window)
+        padded_size = (padded.shape[1], padded.shape[2])
+        if any(shift):
+            padded = torch.roll(padded, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        mask = self._mask(padded_size, (height, width), shift, x.device)
+        out = window_reverse(self.attn(window_partition(padded, window), mask), window, *padded_size)
+        if any(shift):
+            out = torch.roll(out, shifts=shift, dims=(1, 2))
+        return out[:, :height, :width]
+
+    def _mask(self, padded: tuple[int, int], real: tuple[int, int], shift: tuple, device) -> Tensor | None:
+        key = (padded, real, shift, device)
+        if key not in self._mask_cache:
+            mask = shifted_window_mask(padded, real, (self.softmax_window,) * 2, shift)
+            self._mask_cache[key] = None if mask is None else mask.to(device)
+        return self._mask_cache[key]
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat -> LayerNorm(4C) -> Linear(4C, 2C); odd sides are zero padded."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        batch, _, channels = x.shape
+        x = _pad_to_multiple(x.view(batch, grid[0], grid[1], channels), (2, 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        new_grid = (x.shape[1], x.shape[2])
+        return self.reduction(self.norm(x.reshape(batch, -1, 4 * channels))), new_grid
+
+
+class SwinStage(nn.Module):
+    """Blocks of one resolution, then the patch merging that feeds the next stage (released layout)."""
+
+    def __init__(self, blocks: list[SwinBlock], downsample: PatchMerging | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+
+class FlattenSwin(PyramidModel):
+    """FLatten-Swin. Classifier role when `out_indices` is None, else a backbone of NCHW maps."""
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        attn_types: str = "LLSS",
+        linear_window: int | None = None,
+        pretrain_linear_window: int = 56,
+        softmax_window: int = 7,
+        pretrain_image_size: int = 224,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.2,
+        focusing_factor: float = 3.0,
+        kernel_size: int = 5,
+        num_classes: int = 1000,
+        out_indices: Sequence[int] | None = None,
+        frozen_stages: int = -1,
+        with_cp: bool = False,
+        out_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(attn_types) != len(depths):
+            raise ValueError(f"attn_types {attn_types!r} needs one letter per stage ({len(depths)})")
+        self.stage_channels = tuple(embed_dim * 2**i for i in range(len(depths)))
+        self.patch_embed = PatchEmbed(3, embed_dim, kernel=4, stride=4)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages = []
+        for i, depth in enumerate(depths):
+            dim = self.stage_channels[i]
+            pretrain_grid = pretrain_image_size // 4 // 2**i
+            num_keys = min(pretrain_grid, pretrain_linear_window) ** 2
+            blocks = [
+                SwinBlock(
+                    dim,
+                    num_heads[i],
+                    attn_type=attn_types[i],
+                    num_keys=num_keys,
+                    linear_window=linear_window,
+                    softmax_window=softmax_window,
+                    shift=j % 2 == 1,
+                    mlp_ratio=mlp_ratio,
+                    drop_path=rates[sum(depths[:i]) + j],
+                    focusing_factor=focusing_factor,
+                    kernel_size=kernel_size,
+                )
+                for j in range(depth)
+            ]
+            downsample = PatchMerging(dim) if i < len(depths) - 1 else None
+            stages.append(SwinStage(blocks, downsample))
+        self.layers = nn.ModuleList(stages)
+        if out_indices is None:
+            self.norm = nn.LayerNorm(self.stage_channels[-1])
+        self.apply(init_transformer_weights)
+        self._init_role(
+            num_classes=num_classes,
+            out_indices=out_indices,
+            frozen_stages=frozen_stages,
+            with_cp=with_cp,
+            out_norm=out_norm,
+            num_features=self.stage_channels[-1],
+            norm_eps=1e-5,
+        )
+        if self.is_classifier and isinstance(self.head, nn.Linear):
+            init_transformer_weights(self.head)
+
+    def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
+        tokens, grid = self.patch_embed(x)  # B N C
+        maps = []
+        for i, stage in enumerate(self.layers[: last_stage + 1]):
+            for block in stage.blocks:
+                tokens = self.run_block(block, tokens, grid)
+            batch, _, channels = tokens.shape
+            maps.append(tokens.transpose(1, 2).reshape(batch, channels, grid[0], grid[1]))
+            if stage.downsample is not None and i < last_stage:
+                tokens, grid = stage.downsample(tokens, grid)
+        return maps
+
+    def _classifier_features(self, x: Tensor) -> Tensor:
+        last = self._stage_maps(x, len(self.layers) - 1)[-1]  # B C H W
+        return self.norm(last.flatten(2).transpose(1, 2)).mean(dim=1)
+
+    def _stem_modules(self) -> list[nn.Module]:
+        return [self.patch_embed]
+
+    def _stage_modules(self, index: int) -> list[nn.Module]:
+        modules: list[nn.Module] = [self.layers[index]]
+        if not self.is_classifier and str(index) in self.out_norms:
+            modules.append(self.out_norms[str(index)])
+        return modules
+

@@ -1,0 +1,26 @@
+"""Building blocks shared by the FLatten backbone families (one idea per file)."""
+
+from .focused_linear_attention import FocusedLinearAttention, linear_attention_heads
+from .focusing import focused_kernel, focusing_function
+from .mlp import DepthwiseConvMlp, Mlp
+from .patch_embed import PatchEmbed
+from .position_encoding import PositionTableResizer, resize_position_table
+from .spatial_reduction_attention import SpatialReductionAttention
+from .window_attention import WindowAttention, shifted_window_mask, window_partition, window_reverse
+
+__all__ = [
+    "DepthwiseConvMlp",
+    "FocusedLinearAttention",
+    "Mlp",
+    "PatchEmbed",
+    "PositionTableResizer",
+    "SpatialReductionAttention",
+    "WindowAttention",
+    "focused_kernel",
+    "focusing_function",
+    "linear_attention_heads",
+    "resize_position_table",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
+]

@@ -1,0 +1,132 @@
+"""Focused linear attention (FLatten, ICCV 2023): the one implementation both backbone families use.
+
+For input tokens x (B, N, C) on an H x W grid with h heads of width d = C / h:
+    q, k, v = projections of x;  k = k + P (learned key position encoding, resized to the grid)
+    phi(t) = focus((relu(t) + 1e-6) / softplus(scale))           (focused_kernel)
+    out = phi(q) (phi(k)^T v / n) / (phi(q) . mean(phi(k)) + 1e-6) + DWC(v)
+    out = proj(out)
+The k^T v product is a d x d matrix per head, so the cost is linear in N. The kernel maths runs in
+float32 even under autocast: the focusing power t**3 overflows in float16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .focusing import focused_kernel
+from .position_encoding import PositionTableResizer
+
+__all__ = ["FocusedLinearAttention", "linear_attention_heads"]
+
+NORMALISER_EPS = 1e-6
+
+
+def linear_attention_heads(q: Tensor, k: Tensor, v: Tensor, num_valid: Tensor | int) -> Tensor:
+    """Mean-normalised linear attention of kernelised q, k. q, k, v: (B, h, N, d) -> (B, h, N, d).
+
+    `num_valid` is the number of real keys (an int, or a (B, 1, 1, 1) tensor when padded keys were
+    zeroed), so padding changes neither the k^T v mean nor the normaliser.
+    """
+    k_mean = k.sum(dim=2, keepdim=True) / num_valid  # B h 1 d
+    normaliser = 1.0 / (q @ k_mean.transpose(-2, -1) + NORMALISER_EPS)  # B h N 1
+    kv = (k.transpose(-2, -1) @ v) / num_valid  # B h d d
+    return (q @ kv) * normaliser
+
+
+class FocusedLinearAttention(nn.Module):
+    """Focused linear attention over one token grid (a window, or the whole feature map).
+
+    `fused_qkv=True` gives one `qkv` projection (the Swin family's key names), False gives `q` and
+    `kv` (the PVT family's). `num_keys` is the key grid size at training resolution; the position
+    encoding is resized to whatever grid `forward` receives. `position_encoding` and
+    `rank_restoration` exist for ablations (the released models use both).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        num_keys: int,
+        fused_qkv: bool,
+        qkv_bias: bool = True,
+        focusing_factor: float = 3.0,
+        kernel_size: int = 5,
+        proj_drop: float = 0.0,
+        position_encoding: bool = True,
+        rank_restoration: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.focusing_factor = focusing_factor
+        self.fused_qkv = fused_qkv
+        if fused_qkv:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
+        if position_encoding:
+            self.positional_encoding = nn.Parameter(torch.zeros(1, num_keys, dim))
+        else:
+            self.register_parameter("positional_encoding", None)
+        if rank_restoration:
+            self.dwc = nn.Conv2d(
+                self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim
+            )
+        else:
+            self.dwc = None
+        self._resize_position = PositionTableResizer()
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, N, C) -> q, k, v each (B, N, C)."""
+        batch, tokens, channels = x.shape
+        if self.fused_qkv:
+            q, k, v = self.qkv(x).reshape(batch, tokens, 3, channels).unbind(2)
+        else:
+            q = self.q(x)
+            k, v = self.kv(x).reshape(batch, tokens, 2, channels).unbind(2)
+        return q, k, v
+
+    def forward(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> Tensor:
+        """x: (B, N, C) tokens of a grid (H, W) with N = H * W, row-major.
+
+        valid: optional (B, N) bool, False for padding tokens; they give nothing to k^T v, to the
+        normaliser mean or to the depthwise conv.
+        """
+        batch, tokens, channels = x.shape
+        height, width = grid
+        heads, head_dim = self.num_heads, self.head_dim
+        q, k, v = self.project_qkv(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q, k, v = q.float(), k.float(), v.float()
+            if self.positional_encoding is not None:
+                k = k + self._resize_position(self.positional_encoding, grid).float()
+            scale = self.scale.float()
+            q = focused_kernel(q, scale, self.focusing_factor)
+            k = focused_kernel(k, scale, self.focusing_factor)
+            num_valid: Tensor | int = tokens
+            if valid is not None:
+                keep = valid.reshape(batch, tokens, 1).float()
+                k, v = k * keep, v * keep
+                num_valid = keep.sum(dim=1).clamp(min=1.0).reshape(batch, 1, 1, 1)
+            q = q.reshape(batch, tokens, heads, head_dim).transpose(1, 2)  # B h N d
+            k = k.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+            v = v.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+            out = linear_attention_heads(q, k, v, num_valid)  # B h N d
+            if self.dwc is not None:
+                v_grid = v.reshape(batch * heads, height, width, head_dim).permute(0, 3, 1, 2)  # Bh d H W
+                weight, bias = self.dwc.weight.float(), self.dwc.bias.float()
+                local = nn.functional.conv2d(
+                    v_grid, weight, bias, padding=self.dwc.padding, groups=self.dwc.groups
+                )
+                out = out + local.reshape(batch, heads, head_dim, tokens).transpose(-2, -1)
+            out = out.transpose(1, 2).reshape(batch, tokens, channels)
+        return self.proj_drop(self.proj(out.to(x.dtype)))

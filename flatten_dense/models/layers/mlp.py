@@ -1,0 +1,48 @@
+"""Transformer MLPs: the plain two-layer MLP and PVTv2's MLP with a depthwise 3x3 conv."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["Mlp", "DepthwiseConvMlp"]
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class _DepthwiseConv(nn.Module):
+    """Holds `dwconv` one level down, matching the released key `mlp.dwconv.dwconv.weight`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:  # (B, N, C) -> (B, N, C)
+        batch, tokens, channels = x.shape
+        x = x.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
+        return self.dwconv(x).flatten(2).transpose(1, 2)
+
+
+class DepthwiseConvMlp(nn.Module):
+    """PVTv2's MLP: fc1 -> depthwise 3x3 conv on the token grid -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = _DepthwiseConv(hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        x = self.act(self.dwconv(self.fc1(x), grid))
+        return self.drop(self.fc2(self.drop(x)))

@@ -1,0 +1,33 @@
+"""Patch embeddings: a strided conv + LayerNorm, turning an NCHW map into tokens on a grid."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["PatchEmbed"]
+
+
+class PatchEmbed(nn.Module):
+    """Conv (kernel, stride, padding) then LayerNorm. Returns tokens (B, N, C) and their grid (H, W).
+
+    Non-overlapping embeddings (kernel == stride, padding 0) first pad the input on the bottom and
+    right to a multiple of the stride, so any input size works (as mmdet's Swin does).
+    """
+
+    def __init__(self, in_channels: int, dim: int, *, kernel: int, stride: int, padding: int = 0, eps: float = 1e-5):
+        super().__init__()
+        self.stride = stride
+        self.pad_to_stride = kernel == stride and padding == 0
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=kernel, stride=stride, padding=padding)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        if self.pad_to_stride:
+            pad_h = (-x.shape[-2]) % self.stride
+            pad_w = (-x.shape[-1]) % self.stride
+            if pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.proj(x)  # B C H W
+        grid = (x.shape[-2], x.shape[-1])
+        return self.norm(x.flatten(2).transpose(1, 2)), grid

@@ -1,0 +1,104 @@
+"""Swin's windowed softmax attention with a relative position bias, and the window helpers.
+
+Masks are built for any padded, shifted grid: a query never attends to a key from another
+region of the cyclic shift, nor to a padding token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["WindowAttention", "window_partition", "window_reverse", "relative_position_index", "shifted_window_mask"]
+
+MASK_VALUE = -100.0  # as the released Swin models use
+
+
+def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """(B, H, W, C) with H, W multiples of the window -> (B * nW, wh * ww, C)."""
+    batch, height, width, channels = x.shape
+    wh, ww = window
+    x = x.view(batch, height // wh, wh, width // ww, ww, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+
+
+def window_reverse(windows: Tensor, window: tuple[int, int], height: int, width: int) -> Tensor:
+    """(B * nW, wh * ww, C) -> (B, H, W, C); inverse of window_partition."""
+    wh, ww = window
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // wh, width // ww, wh, ww, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def relative_position_index(window: tuple[int, int]) -> Tensor:
+    """(wh*ww, wh*ww) index into a (2wh-1)(2ww-1) bias table, as in Swin."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window[0]), torch.arange(window[1]), indexing="ij"))
+    coords = coords.flatten(1)  # 2 N
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # N N 2
+    relative[:, :, 0] += window[0] - 1
+    relative[:, :, 1] += window[1] - 1
+    relative[:, :, 0] *= 2 * window[1] - 1
+    return relative.sum(-1)
+
+
+def shifted_window_mask(
+    padded: tuple[int, int], real: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> Tensor | None:
+    """Additive mask (nW, N, N) for a padded grid rolled by -shift, or None if nothing needs masking.
+
+    Tokens get a region id: the shift regions of Swin, and one extra id for padding. Keys with a
+    different id from the query are masked; padding keys are always masked.
+    """
+    if shift == (0, 0) and padded == real:
+        return None
+    ids = torch.zeros(padded, dtype=torch.long)
+    region = 0
+    for rows in _shift_slices(padded[0], window[0], shift[0]):
+        for cols in _shift_slices(padded[1], window[1], shift[1]):
+            ids[rows, cols] = region
+            region += 1
+    padding_id = region
+    ids[real[0] :, :] = padding_id
+    ids[:, real[1] :] = padding_id
+    ids = torch.roll(ids, shifts=(-shift[0], -shift[1]), dims=(0, 1))
+    windows = window_partition(ids[None, :, :, None], window).squeeze(-1)  # nW N
+    mask = (windows[:, :, None] != windows[:, None, :]) | (windows[:, None, :] == padding_id)
+    return mask.float() * MASK_VALUE
+
+
+def _shift_slices(size: int, window: int, shift: int) -> list[slice]:
+    if shift == 0:
+        return [slice(0, None)]
+    return [slice(0, size - window), slice(size - window, size - shift), slice(size - shift, None)]
+
+
+class WindowAttention(nn.Module):
+    """Multi-head softmax self-attention inside windows, with Swin's relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, *, window: int, qkv_bias: bool = True, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = window
+        self.head_scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index((window, window)), persistent=False)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B * nW, N, C) windows of window*window tokens; mask: (nW, N, N) additive or None."""
+        batch_windows, tokens, channels = x.shape
+        qkv = self.qkv(x).reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each Bw h N d
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)  # 1 h N N
+        if mask is not None:
+            num_windows = mask.shape[0]
+            bias = (bias.unsqueeze(1) + mask.to(bias.dtype)[None, :, None]).reshape(-1, self.num_heads, tokens, tokens)
+            bias = bias.repeat(batch_windows // num_windows, 1, 1, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.head_scale)
+        out = out.transpose(1, 2).reshape(batch_windows, tokens, channels)
+        return self.proj_drop(self.proj(out))
