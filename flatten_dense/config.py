@@ -347,9 +347,12 @@ def _describe(tp: Any) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Union or origin is types.UnionType:
         # Literal members of a union read best as one list: "one of 16, '16-mixed' or None"
-        literals = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
-        others = [_describe(a) for a in args if typing.get_origin(a) is not typing.Literal]
-        return " or ".join(([_describe(typing.Literal[tuple(literals)])] if literals else []) + others)
+        is_literal = [typing.get_origin(a) is typing.Literal for a in args]
+        literals = [v for a, lit in zip(args, is_literal) if lit for v in typing.get_args(a)]
+        parts = [_describe(a) for a, lit in zip(args, is_literal) if not lit]
+        if literals:
+            parts.insert(0, "one of " + ", ".join(repr(v) for v in literals))
+        return " or ".join(parts)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is None and isinstance(tp, type):
@@ -381,7 +384,7 @@ def default_run_dir(config_path: str | os.PathLike) -> Path:
 
 
 def resolve_run_dir(cfg: DictConfig, *, config_path: str | os.PathLike) -> Path:
-    """The single directory a run writes to: `trainer.default_root_dir`, `run_dir`, or the default."""
+    """Where a run writes: `trainer.default_root_dir`, `run_dir`, else the default."""
     trainer = cfg.get("trainer") or {}
     for candidate in (trainer.get("default_root_dir"), cfg.get("run_dir")):
         if candidate:

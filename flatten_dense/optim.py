@@ -191,7 +191,7 @@ def build_scheduler(
     key = name.lower()
     if key == "multistep":
         if not steps_per_epoch or steps_per_epoch <= 0:
-            raise ConfigError("scheduler: multistep needs steps_per_epoch > 0 for its epoch milestones")
+            raise ConfigError("scheduler: multistep needs steps_per_epoch > 0 (epoch milestones)")
         fn = functools.partial(
             warmup_multistep,
             warmup_steps=warmup_steps,

@@ -98,6 +98,13 @@ def test_unknown_override_key_is_an_error_with_suggestion(tree: Path) -> None:
         load_config(tree / "det/run.yaml", ["modle.x=1"])
 
 
+def cfg_with(cfg, item: str):
+    """Set a key directly, bypassing load_config's override check."""
+    key, value = item.split("=")
+    OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"])["v"], force_add=True)
+    return cfg
+
+
 def test_plus_prefix_and_open_sections_add_keys(tree: Path) -> None:
     cfg = load_config(
         tree / "det/run.yaml", ["+model.backbone.out_indices=[1,2,3]", "trainer.precision=16-mixed"]
@@ -106,12 +113,6 @@ def test_plus_prefix_and_open_sections_add_keys(tree: Path) -> None:
     assert cfg.trainer.precision == "16-mixed"  # trainer is open: checked by check_trainer_kwargs
     with pytest.raises(ConfigError, match="unknown key 'trainer.max_epoch'.*did you mean 'max_epochs'"):
         check_config(cfg_with(cfg, "trainer.max_epoch=3"), source="run.yaml")
-
-
-def cfg_with(cfg, item: str):
-    key, value = item.split("=")
-    OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"])["v"], force_add=True)
-    return cfg
 
 
 def test_override_without_equals_is_an_error(tree: Path) -> None:
