@@ -58,10 +58,12 @@ def shifted_window_mask(
         for cols in _shift_slices(padded[1], window[1], shift[1]):
             ids[rows, cols] = region
             region += 1
+    # Shift regions are defined in the rolled frame (as Swin does); padding sits where the roll put it.
+    padding = torch.zeros(padded, dtype=torch.bool)
+    padding[real[0] :, :] = True
+    padding[:, real[1] :] = True
     padding_id = region
-    ids[real[0] :, :] = padding_id
-    ids[:, real[1] :] = padding_id
-    ids = torch.roll(ids, shifts=(-shift[0], -shift[1]), dims=(0, 1))
+    ids[torch.roll(padding, shifts=(-shift[0], -shift[1]), dims=(0, 1))] = padding_id
     windows = window_partition(ids[None, :, :, None], window).squeeze(-1)  # nW N
     mask = (windows[:, :, None] != windows[:, None, :]) | (windows[:, None, :] == padding_id)
     return mask.float() * MASK_VALUE
