@@ -23,10 +23,12 @@ NUM_PATTERNS = 5
 
 
 def _class_colours(num_classes: int) -> np.ndarray:
-    """num_classes x 3 RGB, spread in hue (golden-ratio steps) and in value."""
+    """num_classes x 3 RGB, evenly spread in hue; neighbours in hue also differ in value (and in
+    texture, see `_make_sample`), so the training pipeline's hue jitter (up to 36 degrees) does not
+    merge classes."""
     colours = []
     for k in range(num_classes):
-        hue = (k * 0.618033988749895) % 1.0
+        hue = k / num_classes
         value = 0.95 if k % 2 == 0 else 0.6
         colours.append(colorsys.hsv_to_rgb(hue, 0.85, value))
     return np.asarray(colours, dtype=np.float32) * 255.0
@@ -50,10 +52,10 @@ def _pattern(kind: int, height: int, width: int, period: int) -> np.ndarray:
 
 
 def _draw_shape(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Boolean H x W mask of one random ellipse, rectangle or triangle, 25-55 % of the short side."""
+    """Boolean H x W mask of one random ellipse, rectangle or triangle, 30-60 % of the short side."""
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
-    size = rng.uniform(0.25, 0.55) * min(height, width)
+    size = rng.uniform(0.3, 0.6) * min(height, width)
     cx, cy = rng.uniform(0, width), rng.uniform(0, height)
     w, h = size * rng.uniform(0.7, 1.4), size * rng.uniform(0.7, 1.4)
     box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
@@ -76,8 +78,8 @@ def _make_sample(
     image = np.broadcast_to(background, (height, width, 3)).astype(np.float32).copy()
     image += rng.normal(0.0, 12.0, size=(height, width, 1))  # grey noise, no colour cue
     label = np.zeros((height, width), dtype=np.uint8)
-    period = max(4, min(height, width) // 12)
-    for k in rng.choice(num_classes, size=int(rng.integers(2, 6)), replace=True):
+    period = max(4, min(height, width) // 8)
+    for k in rng.choice(num_classes, size=int(rng.integers(2, 5)), replace=True):
         shape = _draw_shape(rng, height, width)
         modulation = 0.45 + 0.55 * _pattern(int(k) % NUM_PATTERNS, height, width, period)
         texture = colours[k][None, None, :] * modulation[..., None]
