@@ -86,7 +86,7 @@ class PyramidModel(nn.Module):
     def _apply_out_norm(self, index: int, feature: Tensor) -> Tensor:
         norm = self.out_norms[str(index)]
         if isinstance(norm, nn.Identity):
-            return feature
+            return feature.contiguous()
         return norm(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
@@ -122,13 +122,15 @@ class PyramidModel(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not be decayed: position tables, scales, norms."""
-        names = set()
-        for name, param in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in {"positional_encoding", "scale", "relative_position_bias_table"} or leaf.startswith("pos_embed"):
-                names.add(name)
-            elif param.ndim == 1 and (".norm" in f".{name}" or "norm" in name.split(".")[-2:][0]):
-                names.add(name)
+        tables = {"positional_encoding", "scale", "relative_position_bias_table"}
+        names = {
+            name
+            for name, _ in self.named_parameters()
+            if name.rsplit(".", 1)[-1] in tables or name.rsplit(".", 1)[-1].startswith("pos_embed")
+        }
+        for module_name, module in self.named_modules():
+            if isinstance(module, nn.LayerNorm):
+                names |= {f"{module_name}.{leaf}" for leaf, _ in module.named_parameters()}
         return names
 
     def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:

@@ -106,15 +106,16 @@ class FocusedLinearAttention(nn.Module):
         heads, head_dim = self.num_heads, self.head_dim
         q, k, v = self.project_qkv(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, v = q.float(), k.float(), v.float()
+            dtype = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 if given
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             if self.positional_encoding is not None:
-                k = k + self._resize_position(self.positional_encoding, grid).float()
-            scale = self.scale.float()
+                k = k + self._resize_position(self.positional_encoding, grid).to(dtype)
+            scale = self.scale.to(dtype)
             q = focused_kernel(q, scale, self.focusing_factor)
             k = focused_kernel(k, scale, self.focusing_factor)
             num_valid: Tensor | int = tokens
             if valid is not None:
-                keep = valid.reshape(batch, tokens, 1).float()
+                keep = valid.reshape(batch, tokens, 1).to(dtype)
                 k, v = k * keep, v * keep
                 num_valid = keep.sum(dim=1).clamp(min=1.0).reshape(batch, 1, 1, 1)
             q = q.reshape(batch, tokens, heads, head_dim).transpose(1, 2)  # B h N d
@@ -123,7 +124,7 @@ class FocusedLinearAttention(nn.Module):
             out = linear_attention_heads(q, k, v, num_valid)  # B h N d
             if self.dwc is not None:
                 v_grid = v.reshape(batch * heads, height, width, head_dim).permute(0, 3, 1, 2)  # Bh d H W
-                weight, bias = self.dwc.weight.float(), self.dwc.bias.float()
+                weight, bias = self.dwc.weight.to(dtype), self.dwc.bias.to(dtype)
                 local = nn.functional.conv2d(
                     v_grid, weight, bias, padding=self.dwc.padding, groups=self.dwc.groups
                 )
