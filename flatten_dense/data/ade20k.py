@@ -17,6 +17,8 @@ from PIL import Image as PILImage
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from flatten_dense.data.image_io import read_rgb_image
+
 __all__ = [
     "ADE20K_CLASSES",
     "IGNORE_INDEX",
@@ -54,17 +56,6 @@ ADE20K_CLASSES: tuple[str, ...] = (
 )
 ADE20K_CLASSES = tuple(name.strip() for name in ADE20K_CLASSES)
 assert len(ADE20K_CLASSES) == 150
-
-
-def read_rgb_image(path: Path) -> torch.Tensor:
-    """Decode any PIL-readable image (RGB, grayscale, RGBA, palette) to uint8 RGB CHW."""
-    try:
-        with PILImage.open(path) as img:
-            img = img.convert("RGB")  # L/RGBA/P/CMYK -> RGB; alpha is dropped, not blended
-            array = np.asarray(img, dtype=np.uint8).copy()
-    except Exception as exc:  # PIL raises many types for truncated or non-image files
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # 3,H,W
 
 
 def read_label(path: Path) -> torch.Tensor:

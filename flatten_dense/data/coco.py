@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_utils
 import torch
-from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+
+from flatten_dense.data.image_io import read_rgb_image
 
 __all__ = ["CocoDetection", "annotation_path", "image_dir", "read_categories"]
 
@@ -101,13 +102,7 @@ def _load_image(path: Path) -> tv_tensors.Image:
     """Read an image as uint8 RGB CHW; grayscale, palette and RGBA become RGB."""
     if not path.is_file():
         raise FileNotFoundError(f"COCO image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")  # also forces a full decode, so truncated files fail here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    array = np.asarray(img, dtype=np.uint8)  # H x W x 3
-    return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))  # 3 x H x W
+    return tv_tensors.Image(read_rgb_image(path))
 
 
 def _decode_mask(segmentation: Any, bbox: list[float], height: int, width: int) -> np.ndarray:
