@@ -12,9 +12,10 @@ float32 even under autocast: the focusing power t**3 overflows in float16.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .focusing import focused_kernel
+from .focusing import focused_kernel_parts
 from .position_encoding import PositionTableResizer
 
 __all__ = ["FocusedLinearAttention", "linear_attention_heads"]
@@ -100,34 +101,61 @@ class FocusedLinearAttention(nn.Module):
 
         valid: optional (B, N) bool, False for padding tokens; they give nothing to k^T v, to the
         normaliser mean or to the depthwise conv.
+
+        Written for few passes over N x C memory: the focusing factors ||t|| / ||t**p|| of q and k
+        are per-token scalars, so q's is applied to the (B, h, N, 1) normaliser instead of q, and the
+        normaliser comes out of the same batched matmul as q @ kv (kv gets mean(k) as an extra
+        column). The depthwise conv runs once over all heads in channels-last layout, and its
+        output is the buffer the attention result is added into.
         """
         batch, tokens, channels = x.shape
-        height, width = grid
         heads, head_dim = self.num_heads, self.head_dim
         q, k, v = self.project_qkv(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 if given
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-            if self.positional_encoding is not None:
-                k = k + self._resize_position(self.positional_encoding, grid).to(dtype)
             scale = self.scale.to(dtype)
-            q = focused_kernel(q, scale, self.focusing_factor)
-            k = focused_kernel(k, scale, self.focusing_factor)
-            num_valid: Tensor | int = tokens
+            position = None
+            if self.positional_encoding is not None:
+                position = self._resize_position(self.positional_encoding, grid).to(dtype)
+            q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor)  # B N C, B N 1
+            k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, offset=position)
+            num_valid: Tensor | float = float(tokens)
             if valid is not None:
                 keep = valid.reshape(batch, tokens, 1).to(dtype)
-                k, v = k * keep, v * keep
+                k_ratio, v = k_ratio * keep, v * keep
                 num_valid = keep.sum(dim=1).clamp(min=1.0).reshape(batch, 1, 1, 1)
-            q = q.reshape(batch, tokens, heads, head_dim).transpose(1, 2)  # B h N d
-            k = k.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-            v = v.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-            out = linear_attention_heads(q, k, v, num_valid)  # B h N d
+            k_phi = k_pow.mul_(k_ratio) if not torch.is_grad_enabled() else k_pow * k_ratio  # phi(k)
+            k_heads = k_phi.view(batch, tokens, heads, head_dim).transpose(1, 2)  # B h N d (views)
+            v_heads = v.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+            kv = torch.cat([k_heads.transpose(-2, -1) @ v_heads, k_heads.sum(dim=2).unsqueeze(-1)], dim=-1)
+            kv = kv / num_valid  # B h d (d + 1): [phi(k)^T v | sum phi(k)] / n
+            q_heads = q_pow.view(batch, tokens, heads, head_dim).transpose(1, 2)
+            out = q_heads @ kv  # B h N (d + 1): q**p @ kv, and q**p . mean(phi(k)) in the last column
+            # phi(q) = q**p * r: out = r (q**p kv) / (r (q**p . mean k) + eps)
+            factor = q_ratio.unsqueeze(1) / (q_ratio.unsqueeze(1) * out[..., head_dim:] + NORMALISER_EPS)
+            attended = out[..., :head_dim].transpose(1, 2)  # B N h d (a view)
+            factor = factor.transpose(1, 2)  # B N h 1
             if self.dwc is not None:
-                v_grid = v.reshape(batch * heads, height, width, head_dim).permute(0, 3, 1, 2)  # Bh d H W
-                weight, bias = self.dwc.weight.to(dtype), self.dwc.bias.to(dtype)
-                local = nn.functional.conv2d(
-                    v_grid, weight, bias, padding=self.dwc.padding, groups=self.dwc.groups
-                )
-                out = out + local.reshape(batch, heads, head_dim, tokens).transpose(-2, -1)
-            out = out.transpose(1, 2).reshape(batch, tokens, channels)
+                local = self._depthwise_conv(v, grid, dtype).view(batch, tokens, heads, head_dim)
+                out = torch.addcmul(local, attended, factor)
+            else:
+                out = attended * factor
+            out = out.reshape(batch, tokens, channels)
         return self.proj_drop(self.proj(out.to(x.dtype)))
+
+    def _depthwise_conv(self, v: Tensor, grid: tuple[int, int], dtype: torch.dtype) -> Tensor:
+        """DWC of every head's v with the shared d-channel kernel, as one C-channel conv. -> (B, N, C).
+
+        v is laid out (B, H, W, C), i.e. NCHW in channels-last memory; the output keeps that
+        layout, so it reads back as (B, N, C) without a copy.
+        """
+        batch, tokens, channels = v.shape
+        height, width = grid
+        weight, bias = self.dwc.weight.to(dtype), self.dwc.bias.to(dtype)
+        if self.num_heads > 1:
+            weight, bias = weight.repeat(self.num_heads, 1, 1, 1), bias.repeat(self.num_heads)
+        v_grid = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        v_grid = v_grid.contiguous(memory_format=torch.channels_last)
+        local = F.conv2d(v_grid, weight, bias, padding=self.dwc.padding, groups=channels)
+        return local.permute(0, 2, 3, 1).reshape(batch, tokens, channels)

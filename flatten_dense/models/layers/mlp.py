@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Mlp", "DepthwiseConvMlp"]
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Exact GELU; in place without autograd (the hidden activations are the largest tensors)."""
+    if torch.is_grad_enabled():
+        return F.gelu(x)
+    return torch.ops.aten.gelu_(x)
 
 
 class Mlp(nn.Module):
@@ -16,7 +25,7 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(gelu(self.fc1(x)))))
 
 
 class _DepthwiseConv(nn.Module):
@@ -27,9 +36,11 @@ class _DepthwiseConv(nn.Module):
         self.dwconv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:  # (B, N, C) -> (B, N, C)
+        """Tokens (B, H, W, C) are NCHW in channels-last memory: conv on them with no layout copies."""
         batch, tokens, channels = x.shape
-        x = x.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
-        return self.dwconv(x).flatten(2).transpose(1, 2)
+        x = x.reshape(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
+        x = self.dwconv(x.contiguous(memory_format=torch.channels_last))
+        return x.permute(0, 2, 3, 1).reshape(batch, tokens, channels)
 
 
 class DepthwiseConvMlp(nn.Module):
@@ -44,5 +55,5 @@ class DepthwiseConvMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        x = self.act(self.dwconv(self.fc1(x), grid))
+        x = gelu(self.dwconv(self.fc1(x), grid))
         return self.drop(self.fc2(self.drop(x)))

@@ -43,7 +43,8 @@ class PositionTableResizer:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, Tensor] = {}
+        # (table identity, device, dtype) -> (table version, {grid: resized table})
+        self._cache: dict[tuple, tuple[int, dict[tuple[int, int], Tensor]]] = {}
 
     def __call__(self, table: Tensor, dst_grid: tuple[int, int]) -> Tensor:  # -> (1, H*W, C)
         src_grid = square_grid(table.shape[1])
@@ -52,11 +53,15 @@ class PositionTableResizer:
             return table
         if torch.is_grad_enabled() and table.requires_grad:
             return resize_position_table(table, src_grid, dst_grid)
-        key = (dst_grid, table.device, table.dtype, table._version, table.data_ptr())
-        cached = self._cache.get(key)
+        # One resizer may serve several tables (PVT's per-stage pos_embed): cache per table, and
+        # drop a table's entries when its version changes (an optimiser step or a loaded checkpoint).
+        key = (table.data_ptr(), table.device, table.dtype)
+        version, grids = self._cache.get(key, (-1, {}))
+        if version != table._version:
+            grids = {}
+            self._cache[key] = (table._version, grids)
+        cached = grids.get(dst_grid)
         if cached is None:
-            # Drop entries made from an older version of the table.
-            self._cache = {k: v for k, v in self._cache.items() if k[1:] == key[1:]}
             cached = resize_position_table(table.detach(), src_grid, dst_grid)
-            self._cache[key] = cached
+            grids[dst_grid] = cached
         return cached
