@@ -1,0 +1,155 @@
+"""`flatten-dense benchmark` / `tools/benchmark.py`: speed and memory of backbones and config models.
+
+Every measurement runs in a fresh worker process (peak memory per measurement); the machine's
+dense matmul throughput is measured first in the same run, and each row reports its FLOP/s as a
+fraction of it. See docs/benchmarks.md for the method and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .flops import matmul_flops_per_second
+from .measure import MeasureOptions
+from .report import compare_ratios, format_ratios, format_table, plot_scaling
+from .runner import run_measurement
+from .targets import config_target, display_name, softmax_counterpart
+
+__all__ = ["main", "build_parser", "machine_info"]
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatten-dense benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="*", default=None, help="registered backbones (default flatten_pvt_t flatten_swin_t)")
+    parser.add_argument("--config", default=None, help="a detector/segmentor config YAML (needs model_builder.build_model)")
+    parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for --config")
+    parser.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512)], help="input sizes: N (square) or HxW")
+    parser.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-train", action="store_true", help="skip the forward+backward measurement")
+    parser.add_argument("--compare", action="store_true", help="add the softmax counterparts and report ratios")
+    parser.add_argument("--baseline-root", default=None, help="also measure the FLatten models of an older source tree")
+    parser.add_argument("--in-process", action="store_true", help="no worker processes (faster; CPU memory less meaningful)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--matmul-sizes", nargs="+", type=int, default=[1024, 2048, 4096], help="square GEMMs for the peak")
+    parser.add_argument("--out", default=None, help="write all results as JSON here")
+    parser.add_argument("--plot", default=None, help="write a latency/memory vs pixels PNG here")
+    return parser
+
+
+def machine_info(device: str) -> dict:
+    """CPU model, cores, torch version: what a reader needs to compare figures between machines."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
+    """[(target spec, baseline source root or None)], and label -> label of what it is compared with."""
+    models = args.models if args.models is not None else ([] if args.config else ["flatten_pvt_t", "flatten_swin_t"])
+    targets: list[tuple[str, str | None]] = []
+    pairs: dict[str, str] = {}
+    for name in models:
+        targets.append((name, None))
+        if args.baseline_root:
+            targets.append((name, args.baseline_root))
+            pairs[f"{name}@baseline"] = name  # ratio = new / ... read as: speed-up of new over baseline
+        counterpart = softmax_counterpart(name) if args.compare else None
+        if counterpart:
+            targets.append((counterpart, None))
+            pairs[name] = display_name(counterpart)
+    if args.config:
+        targets.append((config_target(args.config, args.override), None))
+    return targets, pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # workers inherit it
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    if args.baseline_root and args.in_process:
+        print("error: --baseline-root needs worker processes (drop --in-process)", file=sys.stderr)
+        return 2
+    info = machine_info(args.device)
+    peak = matmul_flops_per_second(args.device, sizes=tuple(args.matmul_sizes))
+    print(f"# {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']} ({info['torch_threads']} threads)")
+    print(f"# dense fp32 matmul: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s (n={peak['size']})", flush=True)
+    options = MeasureOptions(
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        amp=args.amp,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        train=not args.no_train,
+    )
+    targets, pairs = _targets(args)
+    rows = []
+    # Sizes outermost: the models being compared are measured minutes, not an hour, apart.
+    for size in args.sizes:
+        for batch in args.batch:
+            for spec, root in targets:
+                label = display_name(spec) + ("@baseline" if root else "")
+                row = run_measurement(spec, size, batch, options, subprocess_per_run=not args.in_process, source_root=root)
+                row.update(model=label, spec=spec, size=list(size), batch=batch)
+                if "flops_per_second" in row:
+                    row["matmul_fraction"] = row["flops_per_second"] / peak["flops_per_second"]
+                rows.append(row)
+                status = row.get("error") or f"{row['latency_ms']:.1f} ms, {row['peak_mem_mb']:.0f} MiB"
+                print(f"  {label} {size[0]}x{size[1]} b{batch}: {status}", flush=True)
+    ratios = compare_ratios(rows, pairs)
+    print()
+    print(format_table(rows))
+    if ratios:
+        print()
+        print(format_ratios(ratios))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        document = {"machine": info, "matmul_peak": peak, "options": options.__dict__, "argv": argv or sys.argv[1:]}
+        document.update(results=rows, ratios=ratios)
+        Path(args.out).write_text(json.dumps(document, indent=2))
+    if args.plot:
+        plot_scaling(rows, args.plot, title=f"{info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {args.device}")
+    return 1 if any("error" in row for row in rows) else 0

@@ -1,0 +1,61 @@
+"""FLOP counting and the machine's own dense fp32 matmul throughput (the yardstick for FLOP/s).
+
+FLOPs are what `torch.utils.flop_counter.FlopCounterMode` counts: matmuls, convolutions and
+attention kernels (2 FLOPs per multiply-add); elementwise work and norms count zero. A model's
+"fraction of matmul peak" is therefore how close it gets to spending all its time in dense GEMMs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_flops", "matmul_flops_per_second"]
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Total FLOPs of one call of `fn` (forward, or forward + backward if `fn` does both)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops_per_second(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    sizes: tuple[int, ...] = (1024, 2048, 4096),
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Best median FLOP/s of square `a @ b` over `sizes`: the dense fp32 ceiling this machine reaches now.
+
+    Measured in the same run as the models, with the same thread count, so ratios against it
+    are not skewed by a busy or throttled machine on another day.
+    """
+    device = torch.device(device)
+    best = {"flops_per_second": 0.0, "size": 0}
+    for size in sizes:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        out = torch.empty(size, size, device=device, dtype=dtype)
+        for _ in range(2):
+            torch.matmul(a, b, out=out)
+        times = []
+        for _ in range(repeats):
+            _synchronize(device)
+            start = time.perf_counter()
+            torch.matmul(a, b, out=out)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+        rate = 2.0 * size**3 / statistics.median(times)
+        if rate > best["flops_per_second"]:
+            best = {"flops_per_second": rate, "size": size}
+    return best

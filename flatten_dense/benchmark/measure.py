@@ -1,0 +1,155 @@
+"""One measurement: a model at one input size and batch size -> params, FLOPs, latency, peak memory.
+
+Peak memory. CUDA: `torch.cuda.max_memory_allocated` growth over the memory held before the first
+forward (allocator bytes, not the caching pool). CPU: growth of the process's resident set high-water
+mark (`resource.getrusage().ru_maxrss`) over the RSS just before the first forward. That is only
+meaningful in a process that has not run anything bigger before, so the benchmark runs every
+measurement in a fresh worker process (see `worker.py`). Inference is measured first, so
+`peak_mem_mb` is the inference peak; `train_peak_mem_mb` is read after the training steps.
+A forward pass on a tiny 64 x 64 input runs before the start point, so loading libraries and
+thread pools is not counted as activation memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import psutil
+import torch
+from torch import Tensor, nn
+
+from .flops import count_flops
+from .targets import build_target
+
+__all__ = ["MeasureOptions", "measure", "output_loss"]
+
+
+@dataclass
+class MeasureOptions:
+    device: str = "cpu"
+    repeats: int = 5
+    warmup: int = 1
+    amp: str | None = None  # "bf16" or "fp16": autocast
+    compile: bool = False
+    channels_last: bool = False
+    train: bool = True
+
+
+def _maxrss_bytes() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def output_loss(output: object) -> Tensor:
+    """A scalar touching every output (tensor, list, tuple or dict), for the backward pass."""
+    if isinstance(output, Tensor):
+        return output.float().mean()
+    if isinstance(output, dict):
+        output = list(output.values())
+    return sum(output_loss(item) for item in output)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _memory_start(device: torch.device) -> int:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    return psutil.Process().memory_info().rss
+
+
+def _memory_peak_growth(device: torch.device, start: int) -> float:
+    """MiB above `start` at the peak so far."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = _maxrss_bytes()
+    return max(0, peak - start) / 2**20
+
+
+def measure(spec: str, size: tuple[int, int], batch: int, options: MeasureOptions) -> dict:
+    """Measure one target; returns a flat JSON-able dict (latencies in ms, memory in MiB)."""
+    device = torch.device(options.device)
+    target = build_target(spec)
+    model = target.model.to(device).eval()
+    params = sum(p.numel() for p in model.parameters())
+    images = target.make_input(batch, size, device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        if isinstance(images, Tensor):
+            images = images.contiguous(memory_format=torch.channels_last)
+    runner: nn.Module = torch.compile(model) if options.compile else model
+    autocast = _autocast(device, options.amp)
+
+    def forward() -> object:
+        with torch.inference_mode(), autocast:
+            return runner(images)
+
+    result: dict = dict(params=params, size=list(size), batch=batch, **asdict(options))
+    if not options.compile:
+        # Load kernels and thread pools on a tiny input first, so they do not count as activations.
+        with torch.inference_mode(), autocast:
+            model(target.make_input(1, (64, 64), device))
+    memory_start = _memory_start(device)
+    start = time.perf_counter()
+    forward()  # first call: compiles when --compile, fills position-encoding caches
+    result["first_call_ms"] = (time.perf_counter() - start) * 1e3
+    with torch.inference_mode(), autocast:
+        result["flops"] = count_flops(lambda: model(images))
+    times = _median_seconds(forward, options.repeats, max(0, options.warmup - 1), device)
+    result["latency_ms"] = statistics.median(times) * 1e3
+    result["latency_all_ms"] = [t * 1e3 for t in times]
+    result["peak_mem_mb"] = _memory_peak_growth(device, memory_start)
+    result["flops_per_second"] = result["flops"] / statistics.median(times)
+    if options.train and target.trainable:
+        result.update(_measure_train(model, runner, images, options, device, autocast))
+        result["train_peak_mem_mb"] = _memory_peak_growth(device, memory_start)
+    return result
+
+
+def _measure_train(model: nn.Module, runner: nn.Module, images, options: MeasureOptions, device, autocast) -> dict:
+    """Forward + backward (no optimiser step: its cost does not depend on the input size)."""
+    model.train()
+
+    def step(module: nn.Module = runner) -> None:
+        with autocast:
+            loss = output_loss(module(images))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # compiles the training graph when --compile
+    flops = count_flops(lambda: step(model))
+    times = _median_seconds(step, options.repeats, max(0, options.warmup - 1), device)
+    model.eval()
+    median = statistics.median(times)
+    return {"train_latency_ms": median * 1e3, "train_flops": flops, "train_flops_per_second": flops / median}

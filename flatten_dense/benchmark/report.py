@@ -1,0 +1,109 @@
+"""Presenting benchmark rows: a plain-text table, softmax/FLatten ratios, and a scaling plot."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+__all__ = ["format_table", "compare_ratios", "format_ratios", "plot_scaling"]
+
+COLUMNS = (
+    ("model", "{}", "model"),
+    ("size", "{}", "size"),
+    ("batch", "{}", "B"),
+    ("params_m", "{:.2f}", "params M"),
+    ("gflops", "{:.1f}", "GFLOPs"),
+    ("latency_ms", "{:.1f}", "fwd ms"),
+    ("train_latency_ms", "{:.1f}", "train ms"),
+    ("peak_mem_mb", "{:.0f}", "fwd mem MiB"),
+    ("train_peak_mem_mb", "{:.0f}", "train mem MiB"),
+    ("gflops_per_second", "{:.1f}", "GFLOP/s"),
+    ("matmul_fraction", "{:.0%}", "of matmul"),
+)
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    if key == "size":
+        return "x".join(str(s) for s in row["size"])
+    if key == "params_m":
+        return fmt.format(row["params"] / 1e6) if "params" in row else "-"
+    if key == "gflops":
+        return fmt.format(row["flops"] / 1e9) if "flops" in row else "-"
+    if key == "gflops_per_second":
+        return fmt.format(row["flops_per_second"] / 1e9) if "flops_per_second" in row else "-"
+    value = row.get(key)
+    return "-" if value is None else fmt.format(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of all rows (errors get their message in the last column)."""
+    header = [title for _, _, title in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if "error" in row:
+            cells = [row["model"], _cell(row, "size", ""), str(row.get("batch", "-"))] + ["-"] * (len(COLUMNS) - 4)
+            cells.append(f"error: {row['error']}")
+        else:
+            cells = [_cell(row, key, fmt) for key, fmt, _ in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_ratios(rows: list[dict], pairs: dict[str, str]) -> list[dict]:
+    """For each (model, other) pair at each size: other / model for latency and memory (>1: model wins)."""
+    index = {(row["model"], tuple(row["size"]), row["batch"]): row for row in rows if "error" not in row}
+    ratios = []
+    for (model, size, batch), row in index.items():
+        if model not in pairs or (pairs[model], size, batch) not in index:
+            continue
+        other = index[(pairs[model], size, batch)]
+        entry = {"model": model, "versus": pairs[model], "size": list(size), "batch": batch}
+        for key in ("latency_ms", "train_latency_ms", "peak_mem_mb", "train_peak_mem_mb", "flops"):
+            if row.get(key) and other.get(key):
+                entry[f"{key}_ratio"] = other[key] / row[key]
+        ratios.append(entry)
+    return ratios
+
+
+def format_ratios(ratios: list[dict]) -> str:
+    lines = [
+        "| model | versus | size | fwd speed-up | train speed-up | fwd mem ratio | FLOPs ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ratios:
+        cells = [r["model"], r["versus"], "x".join(map(str, r["size"]))]
+        for key in ("latency_ms_ratio", "train_latency_ms_ratio", "peak_mem_mb_ratio", "flops_ratio"):
+            cells.append(f"{r[key]:.2f}x" if key in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_scaling(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """Forward latency and peak memory against input pixels, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        if "error" not in row:
+            series[row["model"]].append(row)
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for model, items in sorted(series.items()):
+        items.sort(key=lambda r: r["size"][0] * r["size"][1])
+        pixels = [r["size"][0] * r["size"][1] / 1e6 for r in items]
+        style = "--" if "softmax" in model or model.startswith("tv_") or "@" in model else "-"
+        ax_time.plot(pixels, [r["latency_ms"] for r in items], style, marker="o", label=model)
+        ax_mem.plot(pixels, [r["peak_mem_mb"] for r in items], style, marker="o", label=model)
+    ax_time.set(xlabel="input megapixels", ylabel="forward latency (ms, median)", title="latency")
+    ax_mem.set(xlabel="input megapixels", ylabel="peak memory growth (MiB)", title="memory")
+    for ax in (ax_time, ax_mem):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

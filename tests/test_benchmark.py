@@ -1,0 +1,70 @@
+"""The benchmark tool: JSON fields, FLOP counting, and torch.compile parity of a backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import flatten_dense as fd
+from flatten_dense.benchmark import count_flops, main
+from flatten_dense.benchmark.targets import softmax_counterpart
+
+ROW_FIELDS = {
+    "model", "size", "batch", "params", "flops", "latency_ms", "peak_mem_mb", "flops_per_second",
+    "matmul_fraction", "train_latency_ms", "train_flops", "train_peak_mem_mb",
+}
+
+
+def test_flop_count_of_linear_is_two_per_multiply_add() -> None:
+    layer = nn.Linear(16, 8)
+    x = torch.randn(5, 16)
+    assert count_flops(lambda: layer(x)) == 2 * 5 * 16 * 8
+
+
+def test_counterparts() -> None:
+    assert softmax_counterpart("flatten_swin_s") == "torchvision:swin_s"
+    assert softmax_counterpart("flatten_pvt_t") == "softmax:flatten_pvt_t"
+
+
+def test_tool_writes_json_with_compare(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    code = main(
+        ["--models", "flatten_pvt_t", "--sizes", "64", "--compare", "--repeats", "1", "--warmup", "0",
+         "--device", "cpu", "--in-process", "--matmul-sizes", "256", "--out", str(out), "--plot", str(tmp_path / "plot.png")]
+    )
+    assert code == 0
+    document = json.loads(out.read_text())
+    assert {"machine", "matmul_peak", "results", "ratios"} <= set(document)
+    assert document["matmul_peak"]["flops_per_second"] > 0
+    rows = {row["model"]: row for row in document["results"]}
+    assert set(rows) == {"flatten_pvt_t", "pvt_t_softmax"}
+    for row in rows.values():
+        assert ROW_FIELDS <= set(row), ROW_FIELDS - set(row)
+        assert row["size"] == [64, 64] and row["flops"] > 0 and row["latency_ms"] > 0
+    assert rows["flatten_pvt_t"]["params"] == sum(p.numel() for p in fd.create_backbone("flatten_pvt_t").parameters())
+    (ratio,) = document["ratios"]
+    assert ratio["model"] == "flatten_pvt_t" and ratio["versus"] == "pvt_t_softmax" and ratio["latency_ms_ratio"] > 0
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_config_path_without_builder_is_a_clear_error(tmp_path: Path) -> None:
+    from flatten_dense.benchmark.targets import build_target
+
+    with pytest.raises(Exception, match="config|task|No such file|not found|missing"):
+        build_target(f"config:{tmp_path / 'missing.yaml'}")
+
+
+@pytest.mark.slow
+def test_compiled_backbone_matches_eager() -> None:
+    torch.manual_seed(0)
+    model = fd.create_backbone("flatten_pvt_v2_b0").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    for a, b in zip(compiled, eager):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
