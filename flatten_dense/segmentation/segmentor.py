@@ -95,6 +95,7 @@ def build_segmentor(
     aux_head: bool = False,
     norm: str | None = None,
     channels: int | None = None,
+    fpn_channels: int = 256,
     dropout: float = 0.1,
     aux_in_index: int = 2,
     aux_channels: int = 256,
@@ -106,6 +107,7 @@ def build_segmentor(
     `norm` None picks each head's reference norm: GN for "semantic_fpn" (the PVT/Panoptic FPN
     head), BN for "upernet" and the FCN auxiliary head (convert to SyncBN for multi-GPU runs).
     `channels` None picks the reference width: 128 (Semantic FPN branches), 512 (UperNet).
+    `fpn_channels` is Semantic FPN's neck width (256 in the reference; smaller for CPU demos).
     """
     if isinstance(backbone, str):
         from flatten_dense.models import create_backbone  # lazy: optional at import time
@@ -121,7 +123,12 @@ def build_segmentor(
         raise ValueError(f"segmentation needs 4 backbone levels (out_indices=(0, 1, 2, 3)), got {in_channels}")
     if decode_head == "semantic_fpn":
         head: nn.Module = SemanticFPNHead(
-            in_channels, num_classes, channels=channels or 128, norm=norm or "GN", dropout=dropout
+            in_channels,
+            num_classes,
+            fpn_channels=fpn_channels,
+            channels=channels or 128,
+            norm=norm or "GN",
+            dropout=dropout,
         )
     elif decode_head == "upernet":
         head = UPerHead(in_channels, num_classes, channels=channels or 512, norm=norm or "BN", dropout=dropout)
