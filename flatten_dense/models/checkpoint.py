@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .layers.position_encoding import resize_position_table, square_grid
 
-__all__ = ["CheckpointMismatchError", "read_state_dict", "filter_state_dict", "load_pretrained"]
+__all__ = ["CheckpointMismatchError", "read_state_dict", "filter_state_dict", "load_pretrained", "load_weights", "mismatch_report"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def filter_state_dict(state: dict[str, Tensor], model: nn.Module) -> tuple[dict[
     return filtered, notes
 
 
-def _mismatch_report(model: nn.Module, state: dict[str, Tensor], new_prefixes: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+def mismatch_report(model: nn.Module, state: dict[str, Tensor], new_prefixes: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
     """Missing, unexpected and mis-shaped keys; names under `new_prefixes` may be missing (newly initialised)."""
     target = model.state_dict()
     missing = sorted(name for name in target if name not in state and not name.startswith(new_prefixes))
@@ -124,7 +124,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     new_prefixes = ("out_norms.",)  # the backbone's per-output norms are not in ImageNet files
     if any(note.startswith("dropped head.") for note in notes):
         new_prefixes += ("head.",)
-    missing, unexpected, mismatched = _mismatch_report(model, state, new_prefixes)
+    missing, unexpected, mismatched = mismatch_report(model, state, new_prefixes)
     if missing or unexpected or mismatched:
         parts = [_listing(label, names) for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)) if names]
         raise CheckpointMismatchError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts))
@@ -132,3 +132,17 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     for note in notes:
         log.info("%s: %s", Path(path).name, note)
     return notes
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint of this very module (e.g. a Lightning checkpoint of a task) strictly.
+
+    Unlike `load_pretrained` nothing is renamed, dropped or resized: a file from another config
+    fails with one error listing every missing, unexpected and mis-shaped key.
+    """
+    state = read_state_dict(path)
+    missing, unexpected, mismatched = mismatch_report(module, state, ())
+    if missing or unexpected or mismatched:
+        parts = [_listing(label, names) for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)) if names]
+        raise CheckpointMismatchError(f"checkpoint {path} does not fit this config's {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,62 @@
+"""Helpers the commands share: config loading, run directories, JSON and table output."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from flatten_dense.config import ConfigError, check_config, load_config, resolve_run_dir
+
+__all__ = ["load_run_config", "write_json", "format_table", "pop_option"]
+
+
+def load_run_config(config: str | Path, overrides: Sequence[str]) -> tuple[DictConfig, Path]:
+    """Load and check a config; return it with its run directory (created)."""
+    cfg = load_config(config, list(overrides))
+    check_config(cfg, source=str(config))
+    run_dir = resolve_run_dir(cfg, config_path=config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, run_dir
+
+
+def pop_option(overrides: list[str], key: str) -> tuple[str | None, list[str]]:
+    """Take a run-level `key=value` (e.g. resume=PATH) out of the config overrides."""
+    value, rest = None, []
+    for item in overrides:
+        if item.startswith(f"{key}="):
+            value = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return value, rest
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain aligned text table; floats get 4 decimals, NaN shows as '-'."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.4f}"
+        return str(value)
+
+    table = [list(map(str, header))] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    return path

@@ -1,0 +1,63 @@
+"""Tiny COCO-format data and configs for detection tests (real code path, small sizes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flatten_dense.data.synthetic_coco import make_synthetic_coco
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+HEAD_OPTIONS = {
+    "mask_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  mask_head_channels: 16\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
+    "faster_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
+    "retinanet": "",
+    "fcos": "  fpn_channels: 64\n",  # GroupNorm(32) in FCOS' head needs > 1 value per group at 1 x 1 P7
+}
+
+
+def tiny_coco(root: Path, *, num_train: int = 4, num_val: int = 3) -> Path:
+    return make_synthetic_coco(root, num_train=num_train, num_val=num_val, image_size=(64, 96))
+
+
+def tiny_config(folder: Path, detector: str, data_root: Path) -> Path:
+    """A config inheriting the real base files, shrunk to seconds on a CPU."""
+    path = folder / f"tiny_{detector}.yaml"
+    base = CONFIGS / "_base_"
+    masks = "true" if detector == "mask_rcnn" else "false"
+    head_options = HEAD_OPTIONS[detector] or "  fpn_channels: 32\n"
+    path.write_text(
+        f"""_base_:
+  - {base}/default_runtime.yaml
+  - {base}/models/{detector}_fpn.yaml
+  - {base}/datasets/coco_detection.yaml
+  - {base}/schedules/detection_1x.yaml
+model:
+  num_classes: null
+  backbone:
+    name: flatten_pvt_v2_b0
+    drop_path_rate: 0.0
+{head_options}  min_size: 64
+  max_size: 96
+data:
+  root: {data_root}
+  batch_size: 2
+  num_workers: 0
+  min_size: 64
+  max_size: 96
+  with_masks: {masks}
+scheduler:
+  warmup_steps: 1
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: 1
+  limit_train_batches: 2
+  num_sanity_val_steps: 0
+  enable_progress_bar: false
+  enable_model_summary: false
+  log_every_n_steps: 1
+  default_root_dir: {folder / ("run_" + detector)}
+"""
+    )
+    return path
