@@ -82,20 +82,20 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str | None]], dict[str, str]]:
-    """[(target spec, baseline source root or None)], and label -> label of what it is compared with."""
+def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str | None]], list[tuple[str, str]]]:
+    """[(target spec, baseline source root or None)], and the (label, compared-with label) pairs."""
     models = args.models if args.models is not None else ([] if args.config else ["flatten_pvt_t", "flatten_swin_t"])
     targets: list[tuple[str, str | None]] = []
-    pairs: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
     for name in models:
         targets.append((name, None))
         if args.baseline_root:
             targets.append((name, args.baseline_root))
-            pairs[f"{name}@baseline"] = name  # ratio = new / ... read as: speed-up of new over baseline
+            pairs.append((name, f"{name}@baseline"))
         counterpart = softmax_counterpart(name) if args.compare else None
         if counterpart:
             targets.append((counterpart, None))
-            pairs[name] = display_name(counterpart)
+            pairs.append((name, display_name(counterpart)))
     if args.config:
         targets.append((config_target(args.config, args.override), None))
     return targets, pairs

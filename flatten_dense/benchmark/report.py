@@ -49,19 +49,23 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare_ratios(rows: list[dict], pairs: dict[str, str]) -> list[dict]:
-    """For each (model, other) pair at each size: other / model for latency and memory (>1: model wins)."""
+def compare_ratios(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """For each (model, versus) pair at each size: versus / model for latency, memory and FLOPs.
+
+    A ratio above 1 means `model` is faster (or smaller) than `versus`.
+    """
     index = {(row["model"], tuple(row["size"]), row["batch"]): row for row in rows if "error" not in row}
     ratios = []
-    for (model, size, batch), row in index.items():
-        if model not in pairs or (pairs[model], size, batch) not in index:
-            continue
-        other = index[(pairs[model], size, batch)]
-        entry = {"model": model, "versus": pairs[model], "size": list(size), "batch": batch}
-        for key in ("latency_ms", "train_latency_ms", "peak_mem_mb", "train_peak_mem_mb", "flops"):
-            if row.get(key) and other.get(key):
-                entry[f"{key}_ratio"] = other[key] / row[key]
-        ratios.append(entry)
+    for model, versus in pairs:
+        for (name, size, batch), row in index.items():
+            other = index.get((versus, size, batch))
+            if name != model or other is None:
+                continue
+            entry = {"model": model, "versus": versus, "size": list(size), "batch": batch}
+            for key in ("latency_ms", "train_latency_ms", "peak_mem_mb", "train_peak_mem_mb", "flops"):
+                if row.get(key) and other.get(key):
+                    entry[f"{key}_ratio"] = other[key] / row[key]
+            ratios.append(entry)
     return ratios
 
 
