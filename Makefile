@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmark clean
+.PHONY: demo demo-segmentation test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+demo-segmentation: $(STAMP)
+	$(PY) tools/demo.py --task segmentation
 
 test: $(STAMP)
 	$(PY) -m pytest -q
