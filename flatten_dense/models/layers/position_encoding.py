@@ -51,7 +51,8 @@ class PositionTableResizer:
         dst_grid = (int(dst_grid[0]), int(dst_grid[1]))
         if src_grid == dst_grid:
             return table
-        if torch.is_grad_enabled() and table.requires_grad:
+        if (torch.is_grad_enabled() and table.requires_grad) or torch.compiler.is_compiling():
+            # Under torch.compile the resize is part of the graph (a Python cache would break it).
             return resize_position_table(table, src_grid, dst_grid)
         # One resizer may serve several tables (PVT's per-stage pos_embed): cache per table, and
         # drop a table's entries when its version changes (an optimiser step or a loaded checkpoint).
