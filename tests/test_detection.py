@@ -112,3 +112,15 @@ def test_checkpoint_of_another_model_is_refused(coco_root: Path, tmp_path: Path)
     torch.save({"state_dict": {"model.head.weight": torch.zeros(1)}}, bad)
     with pytest.raises(CheckpointMismatchError, match="other.ckpt"):
         run_test(config, bad)
+
+
+@pytest.mark.slow
+def test_training_resumes_from_the_last_finished_epoch(coco_root: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "retinanet", coco_root)
+    last = tmp_path / "run_retinanet" / "checkpoints" / "last.ckpt"
+    train(config, ["resume=none"])
+    first = torch.load(last, map_location="cpu", weights_only=False)
+    assert (first["epoch"], first["global_step"]) == (0, 2)
+    train(config, ["trainer.max_epochs=2"])  # no resume= given: continues from last.ckpt
+    second = torch.load(last, map_location="cpu", weights_only=False)
+    assert (second["epoch"], second["global_step"]) == (1, 4)
