@@ -234,3 +234,17 @@ def test_forward_intermediates_timm_style() -> None:
     assert last.shape == (1, 768, 2, 2)
     assert all(torch.equal(a, b) for a, b in zip(intermediates, maps))
     assert [m.shape[1] for m in only] == [96, 384]
+
+
+def test_chunked_inference_mlp_equals_the_plain_mlp() -> None:
+    """Inference runs the MLP over token chunks; it must give the training-path numbers."""
+    from flatten_dense.models.layers.mlp import INFERENCE_CHUNK_TOKENS, Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(32, 256).eval()
+    x = torch.randn(2, INFERENCE_CHUNK_TOKENS * 2 + 100, 32)
+    with torch.no_grad():
+        chunked = mlp(x)
+    with torch.enable_grad():
+        plain = mlp(x)
+    assert torch.allclose(chunked, plain, atol=1e-5)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Mlp", "DepthwiseConvMlp"]
+__all__ = ["Mlp", "DepthwiseConvMlp", "INFERENCE_CHUNK_TOKENS"]
+
+INFERENCE_CHUNK_TOKENS = 4096  # tokens per MLP chunk in inference (row-wise maths: same numbers)
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -25,7 +27,16 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        return self.drop(self.fc2(self.drop(gelu(self.fc1(x)))))
+        if self.training or torch.is_grad_enabled() or x.shape[1] <= INFERENCE_CHUNK_TOKENS:
+            return self.drop(self.fc2(self.drop(gelu(self.fc1(x)))))
+        # Inference on many tokens: run the MLP over token chunks so the hidden activation (up to
+        # 8 x C wide) stays small and in cache instead of a fresh N x 8C buffer (128 MiB for
+        # PVT-T's first stage at 1024 x 1024) that the allocator maps and the kernel page-faults in.
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[1], INFERENCE_CHUNK_TOKENS):
+            chunk = x[:, start : start + INFERENCE_CHUNK_TOKENS]
+            out[:, start : start + INFERENCE_CHUNK_TOKENS] = self.fc2(gelu(self.fc1(chunk)))
+        return out
 
 
 class _DepthwiseConv(nn.Module):
