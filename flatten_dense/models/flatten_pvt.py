@@ -136,8 +136,6 @@ class FlattenPVT(PyramidModel):
             num_features=embed_dims[-1],
             norm_eps=NORM_EPS,
         )
-        if self.is_classifier and isinstance(self.head, nn.Linear):
-            init_transformer_weights(self.head)
 
     def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
         maps = []
@@ -170,7 +168,5 @@ class FlattenPVT(PyramidModel):
             modules.append(getattr(self, f"pos_embed{stage}"))
         else:
             modules.append(getattr(self, f"norm{stage}"))
-        if not self.is_classifier and str(index) in self.out_norms:
-            modules.append(self.out_norms[str(index)])
         return modules
 

@@ -206,8 +206,6 @@ class FlattenSwin(PyramidModel):
             num_features=self.stage_channels[-1],
             norm_eps=1e-5,
         )
-        if self.is_classifier and isinstance(self.head, nn.Linear):
-            init_transformer_weights(self.head)
 
     def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
         tokens, grid = self.patch_embed(x)  # B N C
@@ -230,7 +228,5 @@ class FlattenSwin(PyramidModel):
 
     def _stage_modules(self, index: int) -> list[nn.Module]:
         modules: list[nn.Module] = [self.layers[index]]
-        if not self.is_classifier and str(index) in self.out_norms:
-            modules.append(self.out_norms[str(index)])
         return modules
 

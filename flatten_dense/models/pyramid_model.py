@@ -46,6 +46,7 @@ class PyramidModel(nn.Module):
         if self.is_classifier:
             self.num_classes = num_classes
             self.head = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.head.apply(init_transformer_weights)
             out_indices = (len(self.stage_channels) - 1,)
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(not 0 <= i < len(self.stage_channels) for i in out_indices):
@@ -139,6 +140,8 @@ class PyramidModel(nn.Module):
         modules = list(self._stem_modules())
         for index in range(min(self.frozen_stages, len(self.stage_channels))):
             modules += self._stage_modules(index)
+            if not self.is_classifier and str(index) in self.out_norms:
+                modules.append(self.out_norms[str(index)])
         return modules
 
     def _freeze_stages(self) -> None:
