@@ -125,3 +125,24 @@ def test_autocast_runs_kernel_in_float32(dtype: torch.dtype) -> None:
             mixed = attn(x, (side, side))
     assert torch.isfinite(mixed).all()
     assert ((mixed.float() - reference).norm() / reference.norm()) < 0.02
+
+
+def test_fused_forward_equals_the_plain_equations() -> None:
+    """The optimised forward computes exactly the plain kernel + mean-normalised attention + DWC
+    (the plain functions are also what the rank test above inspects)."""
+    from flatten_dense.models.layers import focused_kernel
+
+    side = 6
+    attn = _attention(dim=32, heads=2, side=side).double()
+    x = torch.randn(2, side * side, 32, dtype=torch.float64)
+    with torch.no_grad():
+        q, k, v = attn.project_qkv(x)
+        k = k + attn.positional_encoding
+        q = focused_kernel(q, attn.scale, attn.focusing_factor)
+        k = focused_kernel(k, attn.scale, attn.focusing_factor)
+        heads = lambda t: t.reshape(2, side * side, 2, 16).transpose(1, 2)  # noqa: E731
+        out = linear_attention_heads(heads(q), heads(k), heads(v), side * side)  # B h N d
+        v_grid = heads(v).reshape(4, side, side, 16).permute(0, 3, 1, 2)
+        out = out + attn.dwc(v_grid).reshape(2, 2, 16, side * side).transpose(-2, -1)
+        expected = attn.proj(out.transpose(1, 2).reshape(2, side * side, 32))
+        assert torch.allclose(attn(x, (side, side)), expected, atol=1e-10)

@@ -26,6 +26,9 @@ NORMALISER_EPS = 1e-6
 def linear_attention_heads(q: Tensor, k: Tensor, v: Tensor, num_valid: Tensor | int) -> Tensor:
     """Mean-normalised linear attention of kernelised q, k. q, k, v: (B, h, N, d) -> (B, h, N, d).
 
+    The plain statement of the maths; `FocusedLinearAttention.forward` computes the same with fewer
+    passes over memory (a test pins the two together).
+
     `num_valid` is the number of real keys (an int, or a (B, 1, 1, 1) tensor when padded keys were
     zeroed), so padding changes neither the k^T v mean nor the normaliser.
     """
