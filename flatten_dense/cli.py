@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from flatten_dense.config import ConfigError
+from flatten_dense.cpu_allocator import tune_cpu_allocator
 from flatten_dense.models.checkpoint import CheckpointMismatchError
 
 __all__ = ["main", "run_command"]
@@ -51,10 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 def run_command(argv: Sequence[str]) -> object:
     """Parse and run one command; raises user errors (main() prints them)."""
     argv = list(argv)
-    if argv and argv[0] == "benchmark":
+    if argv and argv[0] == "benchmark":  # tunes the allocator itself unless --no-allocator-tuning
         from flatten_dense.benchmark import main as benchmark_main
 
         return benchmark_main(argv[1:])
+    tune_cpu_allocator()  # large tensors reuse freed memory instead of page-faulting (FLATTEN_DENSE_MALLOC_TUNING=0: off)
     args = _parser().parse_args(argv)
     if args.command == "train":
         from flatten_dense.commands.train import train

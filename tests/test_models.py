@@ -237,14 +237,32 @@ def test_forward_intermediates_timm_style() -> None:
 
 
 def test_chunked_inference_mlp_equals_the_plain_mlp() -> None:
-    """Inference runs the MLP over token chunks; it must give the training-path numbers."""
+    """Inference runs norm + MLP + residual over token chunks; it must give the training-path numbers."""
     from flatten_dense.models.layers.mlp import INFERENCE_CHUNK_TOKENS, Mlp
 
     torch.manual_seed(0)
     mlp = Mlp(32, 256).eval()
+    norm = torch.nn.LayerNorm(32).eval()
     x = torch.randn(2, INFERENCE_CHUNK_TOKENS * 2 + 100, 32)
     with torch.no_grad():
-        chunked = mlp(x)
+        chunked = mlp.residual_inference(x, norm)
     with torch.enable_grad():
-        plain = mlp(x)
+        plain = x + mlp(norm(x))
     assert torch.allclose(chunked, plain, atol=1e-5)
+    with pytest.raises(RuntimeError, match="eval mode without autograd"):
+        mlp.residual_inference(x, norm)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inference_path_equals_the_autograd_path(name: str) -> None:
+    """Eval without autograd takes the fused path (oneDNN linears, chunked MLP, residuals fused into
+    projections, split q/k/v); it must give the numbers of the plain path autograd uses."""
+    torch.manual_seed(0)
+    model = fd.create_backbone(name).eval()
+    image = torch.randn(1, 3, 288, 320)  # PVT's first stage: 72 x 80 tokens, more than one MLP chunk
+    with torch.no_grad():
+        fused = model(image)
+    with torch.enable_grad():
+        plain = model(image)
+    for got, expected in zip(fused, plain):
+        assert ((got - expected).norm() / expected.norm()).item() < 1e-5

@@ -12,10 +12,12 @@ import json
 import os
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from ..cpu_allocator import tune_cpu_allocator
 from .flops import matmul_flops_per_second
 from .measure import MeasureOptions
 from .report import compare_ratios, format_ratios, format_table, plot_scaling
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-train", action="store_true", help="skip the forward+backward measurement")
     parser.add_argument("--compare", action="store_true", help="add the softmax counterparts and report ratios")
     parser.add_argument("--baseline-root", default=None, help="also measure the FLatten models of an older source tree")
+    parser.add_argument(
+        "--no-allocator-tuning", action="store_true", help="keep glibc's malloc defaults (see flatten_dense/cpu_allocator.py)"
+    )
+    parser.add_argument(
+        "--baseline-default-allocator", action="store_true", help="measure the --baseline-root models with glibc's defaults"
+    )
     parser.add_argument("--in-process", action="store_true", help="no worker processes (faster; CPU memory less meaningful)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--matmul-sizes", nargs="+", type=int, default=[1024, 2048, 4096], help="square GEMMs for the peak")
@@ -112,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_root and args.in_process:
         print("error: --baseline-root needs worker processes (drop --in-process)", file=sys.stderr)
         return 2
+    if not args.no_allocator_tuning:
+        tune_cpu_allocator()  # in this process too: the matmul peak is measured under the same allocator
     info = machine_info(args.device)
     peak = matmul_flops_per_second(args.device, sizes=tuple(args.matmul_sizes))
     print(f"# {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']} ({info['torch_threads']} threads)")
@@ -124,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         channels_last=args.channels_last,
         train=not args.no_train,
+        tuned_allocator=not args.no_allocator_tuning,
     )
+    baseline_options = replace(options, tuned_allocator=False) if args.baseline_default_allocator else options
     targets, pairs = _targets(args)
     rows = []
     # Sizes outermost: the models being compared are measured minutes, not an hour, apart.
@@ -132,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             for spec, root in targets:
                 label = display_name(spec) + ("@baseline" if root else "")
-                row = run_measurement(spec, size, batch, options, subprocess_per_run=not args.in_process, source_root=root)
+                row = run_measurement(
+                    spec, size, batch, baseline_options if root else options, subprocess_per_run=not args.in_process, source_root=root
+                )
                 row.update(model=label, spec=spec, size=list(size), batch=batch)
                 if "flops_per_second" in row:
                     row["matmul_fraction"] = row["flops_per_second"] / peak["flops_per_second"]

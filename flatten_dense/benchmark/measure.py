@@ -25,6 +25,7 @@ import psutil
 import torch
 from torch import Tensor, nn
 
+from ..cpu_allocator import tune_cpu_allocator
 from .flops import count_flops
 from .targets import build_target
 
@@ -40,6 +41,7 @@ class MeasureOptions:
     compile: bool = False
     channels_last: bool = False
     train: bool = True
+    tuned_allocator: bool = True  # glibc keeps freed memory (flatten_dense.cpu_allocator), as the tools run
 
 
 def _maxrss_bytes() -> int:
@@ -100,6 +102,8 @@ def _memory_peak_growth(device: torch.device, start: int) -> float:
 def measure(spec: str, size: tuple[int, int], batch: int, options: MeasureOptions) -> dict:
     """Measure one target; returns a flat JSON-able dict (latencies in ms, memory in MiB)."""
     device = torch.device(options.device)
+    if options.tuned_allocator:
+        tune_cpu_allocator()
     target = build_target(spec)
     model = target.model.to(device).eval()
     params = sum(p.numel() for p in model.parameters())

@@ -1,8 +1,8 @@
 """Run measurements in fresh worker processes (so CPU peak-RSS figures are per measurement).
 
 A baseline source tree (e.g. `git archive <commit> flatten_dense | tar -x -C /tmp/old`) can be
-measured in the same run: its worker imports `flatten_dense` from that tree, and finds this
-benchmark package through an extra entry on the package path.
+measured in the same run: its worker imports `flatten_dense` (the models) from that tree, and this
+tree's benchmark package (the measuring code, whatever the old tree has) loaded from its files.
 """
 
 from __future__ import annotations
@@ -25,9 +25,17 @@ import sys
 root, package_dir, request = sys.argv[1:4]
 if root:
     sys.path.insert(0, root)
+import importlib.util
 import flatten_dense
 if package_dir not in flatten_dense.__path__:
-    flatten_dense.__path__.append(package_dir)  # this benchmark package, for an older tree
+    flatten_dense.__path__.append(package_dir)  # this tree's other helpers (cpu_allocator), after the old ones
+bench_dir = package_dir + "/benchmark"
+spec = importlib.util.spec_from_file_location(
+    "flatten_dense.benchmark", bench_dir + "/__init__.py", submodule_search_locations=[bench_dir]
+)
+module = importlib.util.module_from_spec(spec)
+sys.modules["flatten_dense.benchmark"] = module
+spec.loader.exec_module(module)
 from flatten_dense.benchmark.worker import main
 raise SystemExit(main([request]))
 """

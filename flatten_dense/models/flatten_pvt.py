@@ -56,8 +56,12 @@ class PVTBlock(nn.Module):
         self.mlp = DepthwiseConvMlp(dim, hidden) if conv_mlp else Mlp(dim, hidden)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), grid))
-        return x + self.drop_path(self.mlp(self.norm2(x), grid))
+        if self.training or torch.is_grad_enabled():
+            x = x + self.drop_path(self.attn(self.norm1(x), grid))
+            return x + self.drop_path(self.mlp(self.norm2(x), grid))
+        # Inference (drop path off): residual adds fused into the output projections.
+        x = self.attn(self.norm1(x), grid, residual=x)
+        return self.mlp.residual_inference(x, self.norm2, grid)
 
 
 class FlattenPVT(PyramidModel):

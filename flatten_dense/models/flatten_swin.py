@@ -74,8 +74,12 @@ class SwinBlock(nn.Module):
         batch, tokens, channels = x.shape
         attended = self.norm1(x).view(batch, grid[0], grid[1], channels)
         attended = self._linear(attended) if self.attn_type == "L" else self._softmax(attended)
-        x = x + self.drop_path(attended.reshape(batch, tokens, channels))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training or torch.is_grad_enabled():
+            x = x + self.drop_path(attended.reshape(batch, tokens, channels))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # Inference (drop path off): `attended` is a fresh buffer, so the residual goes into it.
+        x = attended.reshape(batch, tokens, channels).add_(x)
+        return self.mlp.residual_inference(x, self.norm2)
 
     def _linear(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> same
         batch, height, width, channels = x.shape

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .focusing import focused_kernel_parts
+from .fused_linear import project_output, split_linear
 from .position_encoding import PositionTableResizer
 
 __all__ = ["FocusedLinearAttention", "linear_attention_heads"]
@@ -91,19 +92,18 @@ class FocusedLinearAttention(nn.Module):
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, N, C) -> q, k, v each (B, N, C)."""
-        batch, tokens, channels = x.shape
-        if self.fused_qkv:
-            q, k, v = self.qkv(x).reshape(batch, tokens, 3, channels).unbind(2)
-        else:
-            q = self.q(x)
-            k, v = self.kv(x).reshape(batch, tokens, 2, channels).unbind(2)
+        layers = [self.qkv] if self.fused_qkv else [self.q, self.kv]
+        q, k, v = split_linear(x, layers, self.dim)
         return q, k, v
 
-    def forward(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, grid: tuple[int, int], valid: Tensor | None = None, *, residual: Tensor | None = None
+    ) -> Tensor:
         """x: (B, N, C) tokens of a grid (H, W) with N = H * W, row-major.
 
         valid: optional (B, N) bool, False for padding tokens; they give nothing to k^T v, to the
-        normaliser mean or to the depthwise conv.
+        normaliser mean or to the depthwise conv. residual: (B, N, C) added to the output (fused
+        into the output projection in inference).
 
         Written for few passes over N x C memory: the focusing factors ||t|| / ||t**p|| of q and k
         are per-token scalars, so q's is applied to the (B, h, N, 1) normaliser instead of q, and the
@@ -141,11 +141,11 @@ class FocusedLinearAttention(nn.Module):
             factor = factor.transpose(1, 2)  # B N h 1
             if self.dwc is not None:
                 local = self._depthwise_conv(v, grid, dtype).view(batch, tokens, heads, head_dim)
-                out = torch.addcmul(local, attended, factor)
+                out = local.addcmul_(attended, factor) if not torch.is_grad_enabled() else torch.addcmul(local, attended, factor)
             else:
                 out = attended * factor
             out = out.reshape(batch, tokens, channels)
-        return self.proj_drop(self.proj(out.to(x.dtype)))
+        return project_output(self.proj, self.proj_drop, out.to(x.dtype), residual)
 
     def _depthwise_conv(self, v: Tensor, grid: tuple[int, int], dtype: torch.dtype) -> Tensor:
         """DWC of every head's v with the shared d-channel kernel, as one C-channel conv. -> (B, N, C).

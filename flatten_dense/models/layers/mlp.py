@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused_linear import fused_linear
+
 __all__ = ["Mlp", "DepthwiseConvMlp", "INFERENCE_CHUNK_TOKENS"]
 
 INFERENCE_CHUNK_TOKENS = 4096  # tokens per MLP chunk in inference (row-wise maths: same numbers)
@@ -18,6 +20,10 @@ def gelu(x: Tensor) -> Tensor:
     return torch.ops.aten.gelu_(x)
 
 
+def _in_inference(module: nn.Module) -> bool:
+    return not module.training and not torch.is_grad_enabled()
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0) -> None:
         super().__init__()
@@ -27,16 +33,27 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        if self.training or torch.is_grad_enabled() or x.shape[1] <= INFERENCE_CHUNK_TOKENS:
-            return self.drop(self.fc2(self.drop(gelu(self.fc1(x)))))
-        # Inference on many tokens: run the MLP over token chunks so the hidden activation (up to
-        # 8 x C wide) stays small and in cache instead of a fresh N x 8C buffer (128 MiB for
-        # PVT-T's first stage at 1024 x 1024) that the allocator maps and the kernel page-faults in.
-        out = torch.empty_like(x)
-        for start in range(0, x.shape[1], INFERENCE_CHUNK_TOKENS):
-            chunk = x[:, start : start + INFERENCE_CHUNK_TOKENS]
-            out[:, start : start + INFERENCE_CHUNK_TOKENS] = self.fc2(gelu(self.fc1(chunk)))
-        return out
+        return self.drop(self.fc2(self.drop(gelu(self.fc1(x)))))
+
+    def residual_inference(self, x: Tensor, norm: nn.Module, grid: tuple[int, int] | None = None) -> Tensor:
+        """x + mlp(norm(x)) without autograd, in token chunks. x: (B, N, C) -> (B, N, C).
+
+        Each chunk goes norm -> fc1 + GELU -> fc2 + residual while it is in cache, so neither the
+        normalised tokens nor the hidden activation (up to 8 x C wide: 128 MiB for PVT-T's first
+        stage at 1024 x 1024) is ever a full N x C buffer. Row-wise maths: the same numbers.
+        """
+        if not _in_inference(self):
+            raise RuntimeError("residual_inference is for eval mode without autograd")
+        chunks = [
+            fused_linear(
+                fused_linear(norm(chunk), self.fc1.weight, self.fc1.bias, gelu=True),
+                self.fc2.weight,
+                self.fc2.bias,
+                residual=chunk,
+            )
+            for chunk in x.split(INFERENCE_CHUNK_TOKENS, dim=1)
+        ]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 class _DepthwiseConv(nn.Module):
@@ -68,3 +85,11 @@ class DepthwiseConvMlp(nn.Module):
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         x = gelu(self.dwconv(self.fc1(x), grid))
         return self.drop(self.fc2(self.drop(x)))
+
+    def residual_inference(self, x: Tensor, norm: nn.Module, grid: tuple[int, int]) -> Tensor:
+        """x + mlp(norm(x)) without autograd, the residual add fused into fc2. (B, N, C) -> same."""
+        if not _in_inference(self):
+            raise RuntimeError("residual_inference is for eval mode without autograd")
+        hidden = fused_linear(norm(x), self.fc1.weight, self.fc1.bias)
+        hidden = gelu(self.dwconv(hidden, grid))
+        return fused_linear(hidden, self.fc2.weight, self.fc2.bias, residual=x)

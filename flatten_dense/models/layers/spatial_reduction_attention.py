@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused_linear import project_output, split_linear
+
 __all__ = ["SpatialReductionAttention"]
 
 
@@ -25,14 +27,21 @@ class SpatialReductionAttention(nn.Module):
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
             self.norm = nn.LayerNorm(dim, eps=1e-6)
 
-    def forward(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> Tensor:
-        """x: (B, N, C) on grid (H, W) -> (B, N, C). `valid` is accepted for interface parity (PVT never pads tokens)."""
+    def forward(
+        self, x: Tensor, grid: tuple[int, int], valid: Tensor | None = None, *, residual: Tensor | None = None
+    ) -> Tensor:
+        """x: (B, N, C) on grid (H, W) -> (B, N, C), plus `residual` when given.
+
+        `valid` is accepted for interface parity (PVT never pads tokens). Projections go through
+        the same fused linear path as focused linear attention, so comparisons are like for like.
+        """
         batch, tokens, channels = x.shape
         heads = self.num_heads
-        q = self.q(x).reshape(batch, tokens, heads, -1).transpose(1, 2)  # B h N d
+        (q,) = split_linear(x, [self.q], channels)
+        q = q.reshape(batch, tokens, heads, -1).transpose(1, 2)  # B h N d
         if self.sr_ratio > 1:
             x_grid = x.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
             x = self.norm(self.sr(x_grid).flatten(2).transpose(1, 2))  # B n C
-        k, v = self.kv(x).reshape(batch, -1, 2, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, channels)))
+        k, v = (t.reshape(batch, -1, heads, channels // heads).transpose(1, 2) for t in split_linear(x, [self.kv], channels))
+        out = F.scaled_dot_product_attention(q, k, v)  # B h N d
+        return project_output(self.proj, self.proj_drop, out.transpose(1, 2).reshape(batch, tokens, channels), residual)

@@ -1,0 +1,89 @@
+"""A linear layer with its GELU or residual add fused in, for CPU float32 inference.
+
+torch's CPU `F.linear` copies the bias into a fresh output and then runs the GEMM over it, and the
+GELU or residual add that follows is one more pass over an N x C tensor. oneDNN's linear (the op
+torch.compile's CPU backend emits for the same pattern) applies bias, GELU or the add while the
+GEMM's output tile is still in cache, and is faster on the thin GEMMs of the first stages (64
+input channels). Everywhere else (autograd, autocast, CUDA, other dtypes, a torch without oneDNN)
+this is exactly `F.linear` followed by the same ops; so it is under torch.compile, which does its own
+fusion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["fused_linear", "project_output", "split_linear", "uses_onednn"]
+
+
+def _onednn_linear_op() -> object | None:
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+_ONEDNN_LINEAR = _onednn_linear_op()
+
+
+def uses_onednn(x: Tensor) -> bool:
+    """True when `fused_linear` takes the oneDNN path for this input."""
+    return (
+        _ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()  # inductor fuses F.linear itself (and wants constant weights here)
+    )
+
+
+def fused_linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None, *, gelu: bool = False, residual: Tensor | None = None
+) -> Tensor:
+    """F.linear(x, weight, bias), then exact GELU (`gelu=True`) or `+ residual`.
+
+    x: (..., C_in), weight: (C_out, C_in), residual: (..., C_out) -> (..., C_out).
+    """
+    if gelu and residual is not None:
+        raise ValueError("fused_linear applies either GELU or a residual add, not both")
+    if uses_onednn(x) and (residual is None or residual.shape[:-1] == x.shape[:-1]):
+        if residual is not None:
+            return _ONEDNN_LINEAR.binary(x, residual.contiguous(), weight, bias, "add")
+        if gelu:
+            return _ONEDNN_LINEAR(x, weight, bias, "gelu", [], "none")  # "none": erf GELU
+        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+    out = F.linear(x, weight, bias)
+    if gelu:
+        return F.gelu(out)
+    return out if residual is None else out + residual
+
+
+def project_output(proj: nn.Linear, drop: nn.Dropout, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """drop(proj(x)), plus `residual` when given: an attention's output projection.
+
+    With dropout off (eval) the residual add is fused into the projection; in training it is
+    applied after the dropout, so the result is the same either way.
+    """
+    if residual is None:
+        return drop(fused_linear(x, proj.weight, proj.bias))
+    if drop.training and drop.p > 0:
+        return drop(F.linear(x, proj.weight, proj.bias)) + residual
+    return fused_linear(x, proj.weight, proj.bias, residual=residual)
+
+
+def split_linear(x: Tensor, layers: list[nn.Linear], out_features: int) -> list[Tensor]:
+    """The outputs of `layers` applied to x, cut into pieces of `out_features` channels each.
+
+    On the oneDNN path each piece is its own GEMM, so every piece is a contiguous tensor (no
+    strided views into one wide output that later ops would have to copy). Elsewhere one GEMM per
+    layer, split into views.
+    """
+    if uses_onednn(x):
+        pieces = []
+        for layer in layers:
+            biases = layer.bias.split(out_features) if layer.bias is not None else [None] * (layer.out_features // out_features)
+            pieces += [fused_linear(x, weight, bias) for weight, bias in zip(layer.weight.split(out_features), biases)]
+        return pieces
+    return [piece for layer in layers for piece in F.linear(x, layer.weight, layer.bias).split(out_features, dim=-1)]
