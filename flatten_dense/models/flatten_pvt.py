@@ -152,7 +152,7 @@ class FlattenPVT(PyramidModel):
             if self.version == 2:
                 tokens = getattr(self, f"norm{i + 1}")(tokens)
             batch, _, channels = tokens.shape
-            x = tokens.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
+            x = tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)  # B C H W, channels-last view
             maps.append(x)
         return maps
 

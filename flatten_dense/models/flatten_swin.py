@@ -218,7 +218,7 @@ class FlattenSwin(PyramidModel):
             for block in stage.blocks:
                 tokens = self.run_block(block, tokens, grid)
             batch, _, channels = tokens.shape
-            maps.append(tokens.transpose(1, 2).reshape(batch, channels, grid[0], grid[1]))
+            maps.append(tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2))  # B C H W, channels-last view
             if stage.downsample is not None and i < last_stage:
                 tokens, grid = stage.downsample(tokens, grid)
         return maps

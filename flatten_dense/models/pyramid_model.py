@@ -1,7 +1,8 @@
 """Behaviour shared by both FLatten families: classifier vs backbone role, freezing, checkpointing.
 
-A family subclass builds its layers, then calls `_init_role`. It implements `_stage_maps` (NCHW
-outputs of stages 0..last, before output norms), `_classifier_tokens` and the module lists for
+A family subclass builds its layers, then calls `_init_role`. It implements `_stage_maps` (NCHW-shaped
+outputs of stages 0..last, before output norms; channels-last views of the stage tokens, so no
+copy is made until an output is emitted as a contiguous NCHW map), `_classifier_tokens` and the module lists for
 freezing. In the classifier role the model's key names equal the released checkpoints'.
 """
 
@@ -85,10 +86,11 @@ class PyramidModel(nn.Module):
         self.grad_checkpointing = enable
 
     def _apply_out_norm(self, index: int, feature: Tensor) -> Tensor:
+        """(B, C, H, W) map, usually channels-last in memory -> its output norm, contiguous NCHW."""
         norm = self.out_norms[str(index)]
         if isinstance(norm, nn.Identity):
             return feature.contiguous()
-        return norm(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        return norm(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()  # the norm reads B H W C in place
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """Classifier: (B, 3, H, W) -> (B, num_classes). Backbone: list of (B, C_i, H/s_i, W/s_i)."""
@@ -116,10 +118,10 @@ class PyramidModel(nn.Module):
             feature = maps[i]
             if norm and not self.is_classifier and str(i) in self.out_norms:
                 feature = self._apply_out_norm(i, feature)
-            intermediates.append(feature)
+            intermediates.append(feature.contiguous())
         if intermediates_only:
             return intermediates
-        return maps[-1], intermediates
+        return maps[-1].contiguous(), intermediates
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not be decayed: position tables, scales, norms."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,6 +29,8 @@ class PatchEmbed(nn.Module):
             pad_w = (-x.shape[-1]) % self.stride
             if pad_h or pad_w:
                 x = F.pad(x, (0, pad_w, 0, pad_h))
-        x = self.proj(x)  # B C H W
+        # Channels-last in, channels-last out: the conv's output then reads as (B, N, C) tokens
+        # without a copy (a no-op for the later stages, whose maps already are channels-last views).
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # B C H W
         grid = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), grid
