@@ -68,3 +68,12 @@ def test_compiled_backbone_matches_eager() -> None:
         compiled = torch.compile(model)(x)
     for a, b in zip(compiled, eager):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_flops_count_the_fused_inference_linears() -> None:
+    """The CPU inference path runs oneDNN linears; the FLOP count must equal the autograd path's."""
+    model = fd.create_backbone("flatten_pvt_t").eval()
+    x = torch.randn(1, 3, 128, 160)
+    with torch.inference_mode():
+        inference = count_flops(lambda: model(x))
+    assert inference == count_flops(lambda: model(x)) > 0

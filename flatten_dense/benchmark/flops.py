@@ -11,10 +11,28 @@ import statistics
 import time
 from collections.abc import Callable
 
+import math
+
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 __all__ = ["count_flops", "matmul_flops_per_second"]
+
+
+def _linear_flops(x_shape: torch.Size, weight_shape: torch.Size) -> int:
+    return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * weight_shape[0]
+
+
+# torch's counter knows aten's matmuls but not oneDNN's fused linear, which our CPU inference path
+# uses (flatten_dense/models/layers/fused_linear.py): count it as the GEMM it is.
+_ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+if _ONEDNN_LINEAR is not None:
+
+    @register_flop_formula(_ONEDNN_LINEAR)
+    def _onednn_linear_flops(x_shape, second, third, fourth, *args, out_val=None, **kwargs) -> int:
+        # default: (X, W, B, attr, scalars, algorithm); binary: (X, other, W, B, attr)
+        weight_shape = second if isinstance(fourth, str) else third
+        return _linear_flops(x_shape, weight_shape)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
