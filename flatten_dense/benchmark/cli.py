@@ -2,8 +2,7 @@
 
 Every measurement runs in a fresh worker process (peak memory per measurement); the machine's
 dense matmul throughput is measured before and after the models in the same run, and each row
-reports its FLOP/s as a
-fraction of the higher of the two. See docs/benchmarks.md for the method and figures.
+reports its FLOP/s as a fraction of the higher of the two. See docs/benchmarks.md for the method and figures.
 """
 
 from __future__ import annotations
