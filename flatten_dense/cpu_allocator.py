@@ -7,8 +7,9 @@ so every one of them is mapped afresh and its pages are faulted in one by one by
 writes it: on this project's 2-core machine that was a quarter of flatten_pvt_t's forward time at
 1024 x 1024. Raising both thresholds makes malloc reuse the freed memory instead, which is what
 PyTorch's own CPU launcher (`torch.backends.xeon.run_cpu`) gets by preloading jemalloc or tcmalloc.
-Peak memory is unchanged (the high-water mark is the same); memory freed after the peak stays
-with the process until it exits.
+The cost is memory: what is freed stays with the process until it exits, and reuse leaves some
+fragmentation, so the resident high-water mark can be somewhat above the live peak (measured in
+docs/benchmarks.md: 1448/1024 ratios of 2.00x and 2.10x with it, 2.04x and 2.03x without).
 
 The command-line tools call `tune_cpu_allocator()` once at start; set FLATTEN_DENSE_MALLOC_TUNING=0
 to keep glibc's defaults. Other C libraries (musl, macOS) are left alone.
@@ -21,7 +22,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_cpu_allocator", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES"]
+__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "tune_cpu_allocator"]
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
@@ -32,14 +33,13 @@ TRIM_THRESHOLD_BYTES = (1 << 31) - 1  # mallopt takes an int
 _tuned: bool | None = None
 
 
-def tune_cpu_allocator(*, environ: dict[str, str] | None = None) -> bool:
+def tune_cpu_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; True when they are in effect."""
     global _tuned
     if _tuned is not None:
         return _tuned
-    environ = os.environ if environ is None else environ
     _tuned = False
-    if environ.get("FLATTEN_DENSE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if os.environ.get("FLATTEN_DENSE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return _tuned
     libc_name = ctypes.util.find_library("c") or "libc.so.6"
     try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
 CHECK = """
-import sys
 from flatten_dense import cpu_allocator
 first = cpu_allocator.tune_cpu_allocator()
 print(first, cpu_allocator.tune_cpu_allocator() is first)
@@ -16,8 +17,6 @@ print(first, cpu_allocator.tune_cpu_allocator() is first)
 
 
 def _run(env_value: str | None) -> str:
-    import os
-
     env = dict(os.environ)
     env.pop("FLATTEN_DENSE_MALLOC_TUNING", None)
     if env_value is not None:
@@ -27,8 +26,6 @@ def _run(env_value: str | None) -> str:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_tuning_applies_once_on_glibc() -> None:
-    import platform
-
     expected = "True" if platform.libc_ver()[0] == "glibc" else "False"
     assert _run(None) == f"{expected} True"
 

@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatten_dense.models.layers.fused_linear import fused_linear, project_output, split_linear, uses_onednn
+from flatten_dense.models.layers.fused_linear import (
+    fused_linear,
+    project_output,
+    split_linear,
+    uses_onednn,
+)
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 

@@ -7,11 +7,10 @@ attention kernels (2 FLOPs per multiply-add); elementwise work and norms count z
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
-
-import math
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula

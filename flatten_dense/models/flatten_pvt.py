@@ -15,7 +15,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from .layers import DepthwiseConvMlp, FocusedLinearAttention, Mlp, PatchEmbed, PositionTableResizer, SpatialReductionAttention
+from .layers import (
+    DepthwiseConvMlp,
+    FocusedLinearAttention,
+    Mlp,
+    PatchEmbed,
+    PositionTableResizer,
+    SpatialReductionAttention,
+    in_inference,
+)
 from .pyramid_model import PyramidModel, init_transformer_weights
 
 __all__ = ["FlattenPVT", "PVTBlock"]
@@ -56,7 +64,7 @@ class PVTBlock(nn.Module):
         self.mlp = DepthwiseConvMlp(dim, hidden) if conv_mlp else Mlp(dim, hidden)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        if self.training or torch.is_grad_enabled():
+        if not in_inference(self):
             x = x + self.drop_path(self.attn(self.norm1(x), grid))
             return x + self.drop_path(self.mlp(self.norm2(x), grid))
         # Inference (drop path off): residual adds fused into the output projections.

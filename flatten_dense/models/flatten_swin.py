@@ -18,7 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from .layers import FocusedLinearAttention, Mlp, PatchEmbed, WindowAttention, shifted_window_mask, window_partition, window_reverse
+from .layers import (
+    FocusedLinearAttention,
+    Mlp,
+    PatchEmbed,
+    WindowAttention,
+    in_inference,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from .pyramid_model import PyramidModel, init_transformer_weights
 
 __all__ = ["FlattenSwin", "SwinBlock", "PatchMerging"]
@@ -74,7 +83,7 @@ class SwinBlock(nn.Module):
         batch, tokens, channels = x.shape
         attended = self.norm1(x).view(batch, grid[0], grid[1], channels)
         attended = self._linear(attended) if self.attn_type == "L" else self._softmax(attended)
-        if self.training or torch.is_grad_enabled():
+        if not in_inference(self):
             x = x + self.drop_path(attended.reshape(batch, tokens, channels))
             return x + self.drop_path(self.mlp(self.norm2(x)))
         # Inference (drop path off): `attended` is a fresh buffer, so the residual goes into it.

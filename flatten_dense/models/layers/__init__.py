@@ -2,6 +2,7 @@
 
 from .focused_linear_attention import FocusedLinearAttention, linear_attention_heads
 from .focusing import focused_kernel, focusing_function
+from .fused_linear import in_inference
 from .mlp import DepthwiseConvMlp, Mlp
 from .patch_embed import PatchEmbed
 from .position_encoding import PositionTableResizer, resize_position_table
@@ -18,6 +19,7 @@ __all__ = [
     "WindowAttention",
     "focused_kernel",
     "focusing_function",
+    "in_inference",
     "linear_attention_heads",
     "resize_position_table",
     "shifted_window_mask",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["fused_linear", "project_output", "split_linear", "uses_onednn"]
+__all__ = ["fused_linear", "in_inference", "project_output", "split_linear", "uses_onednn"]
 
 
 def _onednn_linear_op() -> object | None:
@@ -25,6 +25,11 @@ def _onednn_linear_op() -> object | None:
 
 
 _ONEDNN_LINEAR = _onednn_linear_op()
+
+
+def in_inference(module: nn.Module) -> bool:
+    """Eval mode without autograd: where blocks may fuse residual adds (dropout and drop path are off)."""
+    return not module.training and not torch.is_grad_enabled()
 
 
 def uses_onednn(x: Tensor) -> bool:

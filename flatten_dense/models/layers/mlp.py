@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused_linear import fused_linear
+from .fused_linear import fused_linear, in_inference
 
 __all__ = ["Mlp", "DepthwiseConvMlp", "INFERENCE_CHUNK_TOKENS"]
 
@@ -18,10 +18,6 @@ def gelu(x: Tensor) -> Tensor:
     if torch.is_grad_enabled():
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
-
-
-def _in_inference(module: nn.Module) -> bool:
-    return not module.training and not torch.is_grad_enabled()
 
 
 class Mlp(nn.Module):
@@ -42,7 +38,7 @@ class Mlp(nn.Module):
         normalised tokens nor the hidden activation (up to 8 x C wide: 128 MiB for PVT-T's first
         stage at 1024 x 1024) is ever a full N x C buffer. Row-wise maths: the same numbers.
         """
-        if not _in_inference(self):
+        if not in_inference(self):
             raise RuntimeError("residual_inference is for eval mode without autograd")
         chunks = [
             fused_linear(
@@ -88,7 +84,7 @@ class DepthwiseConvMlp(nn.Module):
 
     def residual_inference(self, x: Tensor, norm: nn.Module, grid: tuple[int, int]) -> Tensor:
         """x + mlp(norm(x)) without autograd, the residual add fused into fc2. (B, N, C) -> same."""
-        if not _in_inference(self):
+        if not in_inference(self):
             raise RuntimeError("residual_inference is for eval mode without autograd")
         hidden = fused_linear(norm(x), self.fc1.weight, self.fc1.bias)
         hidden = gelu(self.dwconv(hidden, grid))
