@@ -3,6 +3,12 @@
 The released models store position encodings for the 224 x 224 token grid; dense prediction
 runs on other grids. Tables are resized with bicubic interpolation; in inference (no autograd)
 the result is cached per grid, keyed on the parameter's version so an update invalidates it.
+
+The resize is written as two small matrix products, `rows @ table @ cols.T`, with the weights
+`F.interpolate(mode="bicubic", align_corners=False)` uses: the same numbers (to float rounding),
+but its backward is two GEMMs instead of a scatter. On CPU, forward + backward is 3.5-6x cheaper
+than `F.interpolate`'s (56x56x64 -> 128x128: 4.3 vs 15.5 ms); under torch.compile, whose scatter-add
+lowering of that backward took half of a PVT-T training step, it is what makes compiling pay.
 """
 
 from __future__ import annotations
@@ -10,10 +16,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_position_table", "square_grid", "PositionTableResizer"]
+__all__ = ["PositionTableResizer", "bicubic_weights", "resize_position_table", "square_grid"]
+
+_CUBIC_A = -0.75  # the cubic convolution coefficient torch (and OpenCV) use
 
 
 def square_grid(num_tokens: int) -> tuple[int, int]:
@@ -24,14 +31,37 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
     return side, side
 
 
+def bicubic_weights(src: int, dst: int, *, device: torch.device | None = None) -> Tensor:
+    """(dst, src) matrix resampling one axis as `F.interpolate(mode="bicubic", align_corners=False)`.
+
+    Output i samples source coordinate (i + 0.5) * src / dst - 0.5 with four cubic-convolution taps
+    at floor - 1 .. floor + 2; taps beyond the border are clamped onto the edge sample (so their
+    weights add up there).
+    """
+    coord = (torch.arange(dst, device=device, dtype=torch.float32) + 0.5) * (src / dst) - 0.5  # float32 as torch
+    floor = coord.floor()
+    t = (coord - floor).double()  # (dst,) in [0, 1)
+    a = _CUBIC_A
+    distance = torch.stack([t + 1, t, 1 - t, 2 - t], dim=1)  # dst 4: distance of each tap
+    near = ((a + 2) * distance - (a + 3)) * distance * distance + 1  # |d| <= 1
+    far = ((a * distance - 5 * a) * distance + 8 * a) * distance - 4 * a  # 1 < |d| < 2
+    taps = torch.cat([far[:, :1], near[:, 1:3], far[:, 3:]], dim=1)  # dst 4
+    index = (floor.long()[:, None] + torch.arange(-1, 3, device=device)).clamp(0, src - 1)  # dst 4
+    weights = torch.zeros(dst, src, device=device, dtype=torch.float64)
+    return weights.scatter_add_(1, index, taps).float()
+
+
 def resize_position_table(table: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
     """(1, h*w, C) table on `src_grid` -> (1, H*W, C) on `dst_grid` (bicubic, no corner alignment)."""
     if tuple(src_grid) == tuple(dst_grid):
         return table
-    _, _, channels = table.shape
-    grid = table.reshape(1, src_grid[0], src_grid[1], channels).permute(0, 3, 1, 2)  # 1 C h w
-    grid = F.interpolate(grid.float(), size=tuple(dst_grid), mode="bicubic", align_corners=False)
-    return grid.to(table.dtype).flatten(2).transpose(1, 2)  # 1 HW C
+    (h, w), (out_h, out_w) = src_grid, dst_grid
+    rows = bicubic_weights(h, out_h, device=table.device)  # H h
+    cols = bicubic_weights(w, out_w, device=table.device)  # W w
+    grid = table.float().reshape(h, w, -1)  # h w C
+    grid = torch.einsum("Hh,hwc->Hwc", rows, grid)  # H w C
+    grid = torch.einsum("Ww,Hwc->HWc", cols, grid)  # H W C
+    return grid.to(table.dtype).reshape(1, out_h * out_w, -1)  # 1 HW C
 
 
 class PositionTableResizer:
