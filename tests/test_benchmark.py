@@ -70,6 +70,32 @@ def test_compiled_backbone_matches_eager() -> None:
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
+@pytest.mark.slow
+def test_compiled_swin_does_not_recompile_on_the_second_call() -> None:
+    """Shifted-window masks are cached in eager; under compile the cache must not become a guard."""
+    model = fd.create_backbone("flatten_swin_t").eval()
+    x = torch.randn(1, 3, 96, 96)  # stage 1 is 24 x 24 tokens: shifted 7 x 7 windows with padding
+    torch._dynamo.reset()  # other tests compiled the same (shared) forward code for other shapes
+    compiled = torch.compile(model)
+    with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
+        compiled(x)
+        second = compiled(x)
+        eager = model(x)
+    for a, b in zip(second, eager):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_compare_compile_pairs_each_model_with_its_compiled_self() -> None:
+    from flatten_dense.benchmark.cli import _targets, build_parser
+
+    args = build_parser().parse_args(["--models", "flatten_pvt_t", "--compare-compile", "--compare"])
+    targets, pairs = _targets(args)
+    assert [(t.label, t.compiled) for t in targets] == [
+        ("flatten_pvt_t", False), ("flatten_pvt_t@compiled", True), ("pvt_t_softmax", None)
+    ]
+    assert pairs == [("flatten_pvt_t@compiled", "flatten_pvt_t"), ("flatten_pvt_t", "pvt_t_softmax")]
+
+
 def test_flops_count_the_fused_inference_linears() -> None:
     """The CPU inference path runs oneDNN linears; the FLOP count must equal the autograd path's."""
     model = fd.create_backbone("flatten_pvt_t").eval()

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--compare-compile", action="store_true", help="also measure each model under torch.compile and report the speed-up"
+    )
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--no-train", action="store_true", help="skip the forward+backward measurement")
     parser.add_argument("--compare", action="store_true", help="add the softmax counterparts and report ratios")
@@ -90,22 +93,38 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def _targets(args: argparse.Namespace) -> tuple[list[tuple[str, str | None]], list[tuple[str, str]]]:
-    """[(target spec, baseline source root or None)], and the (label, compared-with label) pairs."""
+@dataclass(frozen=True)
+class Target:
+    """One row of the run: a model spec, measured from this tree or a baseline tree, eager or compiled."""
+
+    spec: str
+    root: str | None = None  # baseline source tree
+    compiled: bool | None = None  # None: as --compile says
+
+    @property
+    def label(self) -> str:
+        return display_name(self.spec) + ("@baseline" if self.root else "") + ("@compiled" if self.compiled else "")
+
+
+def _targets(args: argparse.Namespace) -> tuple[list[Target], list[tuple[str, str]]]:
+    """The rows to measure, and the (label, compared-with label) pairs to report ratios for."""
     models = args.models if args.models is not None else ([] if args.config else ["flatten_pvt_t", "flatten_swin_t"])
-    targets: list[tuple[str, str | None]] = []
+    targets: list[Target] = []
     pairs: list[tuple[str, str]] = []
     for name in models:
-        targets.append((name, None))
+        targets.append(Target(name, compiled=False if args.compare_compile else None))
+        if args.compare_compile:
+            targets.append(Target(name, compiled=True))
+            pairs.append((targets[-1].label, name))
         if args.baseline_root:
-            targets.append((name, args.baseline_root))
-            pairs.append((name, f"{name}@baseline"))
+            targets.append(Target(name, root=args.baseline_root))
+            pairs.append((name, targets[-1].label))
         counterpart = softmax_counterpart(name) if args.compare else None
         if counterpart:
-            targets.append((counterpart, None))
-            pairs.append((name, display_name(counterpart)))
+            targets.append(Target(counterpart))
+            pairs.append((name, targets[-1].label))
     if args.config:
-        targets.append((config_target(args.config, args.override), None))
+        targets.append(Target(config_target(args.config, args.override)))
     return targets, pairs
 
 
@@ -142,12 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     # Sizes outermost: the models being compared are measured minutes, not an hour, apart.
     for size in args.sizes:
         for batch in args.batch:
-            for spec, root in targets:
-                label = display_name(spec) + ("@baseline" if root else "")
+            for target in targets:
+                target_options = baseline_options if target.root else options
+                if target.compiled is not None:
+                    target_options = replace(target_options, compile=target.compiled)
                 row = run_measurement(
-                    spec, size, batch, baseline_options if root else options, subprocess_per_run=not args.in_process, source_root=root
+                    target.spec, size, batch, target_options, subprocess_per_run=not args.in_process, source_root=target.root
                 )
-                row.update(model=label, spec=spec, size=list(size), batch=batch)
+                label = target.label
+                row.update(model=label, spec=target.spec, size=list(size), batch=batch)
                 rows.append(row)
                 status = row.get("error") or f"{row['latency_ms']:.1f} ms, {row['peak_mem_mb']:.0f} MiB"
                 print(f"  {label} {size[0]}x{size[1]} b{batch}: {status}", flush=True)
