@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .feature_info import FeatureInfo
+from .layers.nchw_output import to_nchw
 
 __all__ = ["PyramidModel", "STAGE_REDUCTIONS", "init_transformer_weights"]
 
@@ -88,9 +89,7 @@ class PyramidModel(nn.Module):
     def _apply_out_norm(self, index: int, feature: Tensor) -> Tensor:
         """(B, C, H, W) map, usually channels-last in memory -> its output norm, contiguous NCHW."""
         norm = self.out_norms[str(index)]
-        if isinstance(norm, nn.Identity):
-            return feature.contiguous()
-        return norm(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()  # the norm reads B H W C in place
+        return to_nchw(feature, None if isinstance(norm, nn.Identity) else norm)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """Classifier: (B, 3, H, W) -> (B, num_classes). Backbone: list of (B, C_i, H/s_i, W/s_i)."""
