@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512)], help="input sizes: N (square) or HxW")
     parser.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed runs before timing, the first call included (on CPU the first two still page-fault fresh memory)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")

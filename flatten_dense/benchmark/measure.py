@@ -36,7 +36,7 @@ __all__ = ["MeasureOptions", "measure", "output_loss"]
 class MeasureOptions:
     device: str = "cpu"
     repeats: int = 5
-    warmup: int = 1
+    warmup: int = 3  # untimed calls, the first included: steady state, not first-touch page faults
     amp: str | None = None  # "bf16" or "fp16": autocast
     compile: bool = False
     channels_last: bool = False
