@@ -32,13 +32,13 @@ def square_grid(num_tokens: int) -> tuple[int, int]:
 
 
 def bicubic_weights(src: int, dst: int, *, device: torch.device | None = None) -> Tensor:
-    """(dst, src) matrix resampling one axis as `F.interpolate(mode="bicubic", align_corners=False)`.
+    """(dst, src) float32 matrix resampling one axis as `F.interpolate(mode="bicubic", align_corners=False)`.
 
     Output i samples source coordinate (i + 0.5) * src / dst - 0.5 with four cubic-convolution taps
     at floor - 1 .. floor + 2; taps beyond the border are clamped onto the edge sample (so their
-    weights add up there).
+    weights add up there). Built on the CPU (in float64, which not every device has), then moved.
     """
-    coord = (torch.arange(dst, device=device, dtype=torch.float32) + 0.5) * (src / dst) - 0.5  # float32 as torch
+    coord = (torch.arange(dst, dtype=torch.float32) + 0.5) * (src / dst) - 0.5  # float32 as torch
     floor = coord.floor()
     t = (coord - floor).double()  # (dst,) in [0, 1)
     a = _CUBIC_A
@@ -46,9 +46,9 @@ def bicubic_weights(src: int, dst: int, *, device: torch.device | None = None) -
     near = ((a + 2) * distance - (a + 3)) * distance * distance + 1  # |d| <= 1
     far = ((a * distance - 5 * a) * distance + 8 * a) * distance - 4 * a  # 1 < |d| < 2
     taps = torch.cat([far[:, :1], near[:, 1:3], far[:, 3:]], dim=1)  # dst 4
-    index = (floor.long()[:, None] + torch.arange(-1, 3, device=device)).clamp(0, src - 1)  # dst 4
-    weights = torch.zeros(dst, src, device=device, dtype=torch.float64)
-    return weights.scatter_add_(1, index, taps).float()
+    index = (floor.long()[:, None] + torch.arange(-1, 3)).clamp(0, src - 1)  # dst 4
+    weights = torch.zeros(dst, src, dtype=torch.float64).scatter_add_(1, index, taps)
+    return weights.to(device=device, dtype=torch.float32)
 
 
 def resize_position_table(table: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
