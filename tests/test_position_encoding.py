@@ -33,13 +33,17 @@ def test_resize_equals_torch_bicubic(src: tuple[int, int], dst: tuple[int, int])
     torch.testing.assert_close(ours_grad, reference_grad, rtol=0, atol=1e-4)
 
 
-def test_resizer_cache_follows_the_table_version() -> None:
+@pytest.mark.parametrize("update", ["in_place", "through_data"])
+def test_resizer_cache_follows_the_table_values(update: str) -> None:
     resizer = PositionTableResizer()
     table = torch.nn.Parameter(torch.randn(1, 16, 4))
     with torch.no_grad():
         first = resizer(table, (8, 8))
         assert resizer(table, (8, 8)) is first  # cached in inference
-        table.add_(1.0)  # an optimiser step or a loaded checkpoint bumps the version
+        if update == "in_place":
+            table.add_(1.0)  # an optimiser step or a loaded checkpoint
+        else:
+            table.data.add_(1.0)  # a write the version counter does not see
         updated = resizer(table, (8, 8))
     assert updated is not first
     torch.testing.assert_close(updated, resize_position_table(table.detach(), (4, 4), (8, 8)))

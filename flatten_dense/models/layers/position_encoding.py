@@ -2,7 +2,7 @@
 
 The released models store position encodings for the 224 x 224 token grid; dense prediction
 runs on other grids. Tables are resized with bicubic interpolation; in inference (no autograd)
-the result is cached per grid, keyed on the parameter's version so an update invalidates it.
+the result is cached per grid and dropped as soon as the table's values change.
 
 The resize is written as two small matrix products, `rows @ table @ cols.T`, with the weights
 `F.interpolate(mode="bicubic", align_corners=False)` uses: the same numbers (to float rounding),
@@ -73,8 +73,8 @@ class PositionTableResizer:
     """
 
     def __init__(self) -> None:
-        # (table identity, device, dtype) -> (table version, {grid: resized table})
-        self._cache: dict[tuple, tuple[int, dict[tuple[int, int], Tensor]]] = {}
+        # (table storage, device, dtype) -> (copy of the table when cached, {grid: resized table})
+        self._cache: dict[tuple, tuple[Tensor, dict[tuple[int, int], Tensor]]] = {}
 
     def __call__(self, table: Tensor, dst_grid: tuple[int, int]) -> Tensor:  # -> (1, H*W, C)
         src_grid = square_grid(table.shape[1])
@@ -84,13 +84,15 @@ class PositionTableResizer:
         if (torch.is_grad_enabled() and table.requires_grad) or torch.compiler.is_compiling():
             # Under torch.compile the resize is part of the graph (a Python cache would break it).
             return resize_position_table(table, src_grid, dst_grid)
-        # One resizer may serve several tables (PVT's per-stage pos_embed): cache per table, and
-        # drop a table's entries when its version changes (an optimiser step or a loaded checkpoint).
+        # One resizer may serve several tables (PVT's per-stage pos_embed): cache per table. The
+        # entries hold only while the table still equals the copy taken when they were made: a
+        # comparison of a few hundred KiB catches every update (an optimiser step, a loaded
+        # checkpoint, even a write through `.data`, which a version counter would miss).
         key = (table.data_ptr(), table.device, table.dtype)
-        version, grids = self._cache.get(key, (-1, {}))
-        if version != table._version:
+        snapshot, grids = self._cache.get(key, (None, {}))
+        if snapshot is None or snapshot.shape != table.shape or not torch.equal(snapshot, table):
             grids = {}
-            self._cache[key] = (table._version, grids)
+            self._cache[key] = (table.detach().clone(), grids)
         cached = grids.get(dst_grid)
         if cached is None:
             cached = resize_position_table(table.detach(), src_grid, dst_grid)
