@@ -15,7 +15,8 @@ from flatten_dense.benchmark.targets import softmax_counterpart
 
 ROW_FIELDS = {
     "model", "size", "batch", "params", "flops", "latency_ms", "peak_mem_mb", "flops_per_second",
-    "matmul_fraction", "train_latency_ms", "train_flops", "train_peak_mem_mb",
+    "matmul_fraction", "train_latency_ms", "train_flops", "train_peak_mem_mb", "images_per_second",
+    "train_images_per_second",
 }
 
 
@@ -49,6 +50,40 @@ def test_tool_writes_json_with_compare(tmp_path: Path) -> None:
     (ratio,) = document["ratios"]
     assert ratio["model"] == "flatten_pvt_t" and ratio["versus"] == "pvt_t_softmax" and ratio["latency_ms_ratio"] > 0
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+DEMO_DETECTOR = "configs/detection/demo_mask_rcnn_flatten_pvt_v2_b0_synthetic.yaml"
+
+
+def test_detector_trains_on_synthetic_targets() -> None:
+    from flatten_dense.benchmark.targets import build_target
+
+    target = build_target(f"config:{DEMO_DETECTOR}|model.num_classes=3")
+    size = (96, 128)
+    (first, second) = targets = target.make_targets(2, size, torch.device("cpu"))
+    for item in targets:
+        boxes = item["boxes"]
+        assert boxes.shape == (8, 4) and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert (boxes[:, 2] <= size[1]).all() and (boxes[:, 3] <= size[0]).all()
+        assert item["labels"].min() >= 1 and item["labels"].max() <= 3
+        assert item["masks"].shape == (8, *size) and item["masks"].flatten(1).any(dim=1).all()
+    assert not torch.equal(first["boxes"], second["boxes"])
+    target.model.train()
+    losses = target.model(target.make_input(2, size, torch.device("cpu")), targets)
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness"} <= set(losses)
+    assert all(torch.isfinite(value) for value in losses.values())
+
+
+def test_tool_times_a_detector_training_step(tmp_path: Path) -> None:
+    out = tmp_path / "detector.json"
+    code = main(
+        ["--config", DEMO_DETECTOR, "--override", "model.num_classes=3", "--sizes", "96x128", "--batch", "2",
+         "--repeats", "1", "--warmup", "0", "--device", "cpu", "--in-process", "--matmul-sizes", "256", "--out", str(out)]
+    )
+    assert code == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["train_latency_ms"] > 0 and row["train_flops"] > 0
+    assert row["train_images_per_second"] == pytest.approx(2e3 / row["train_latency_ms"])
 
 
 def test_config_path_without_builder_is_a_clear_error(tmp_path: Path) -> None:

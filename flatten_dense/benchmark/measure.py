@@ -135,19 +135,26 @@ def measure(spec: str, size: tuple[int, int], batch: int, options: MeasureOption
     result["latency_all_ms"] = [t * 1e3 for t in times]
     result["peak_mem_mb"] = _memory_peak_growth(device, memory_start)
     result["flops_per_second"] = result["flops"] / statistics.median(times)
-    if options.train and target.trainable:
-        result.update(_measure_train(model, runner, images, options, device, autocast))
+    result["images_per_second"] = batch / statistics.median(times)
+    if options.train:
+        inputs = (images,) if (targets := target.make_targets(batch, size, device)) is None else (images, targets)
+        result.update(_measure_train(model, runner, inputs, options, device, autocast))
+        result["train_images_per_second"] = batch * 1e3 / result["train_latency_ms"]
         result["train_peak_mem_mb"] = _memory_peak_growth(device, memory_start)
     return result
 
 
-def _measure_train(model: nn.Module, runner: nn.Module, images, options: MeasureOptions, device, autocast) -> dict:
-    """Forward + backward (no optimiser step: its cost does not depend on the input size)."""
+def _measure_train(model: nn.Module, runner: nn.Module, inputs: tuple, options: MeasureOptions, device, autocast) -> dict:
+    """Forward + backward (no optimiser step: its cost does not depend on the input size).
+
+    `inputs` is (images,) for backbones and segmentors, whose loss is the mean of every output, and
+    (images, targets) for detectors, whose loss is the sum of the losses they return.
+    """
     model.train()
 
     def step(module: nn.Module = runner) -> None:
         with autocast:
-            loss = output_loss(module(images))
+            loss = output_loss(module(*inputs))
         loss.backward()
         model.zero_grad(set_to_none=True)
 

@@ -15,6 +15,7 @@ COLUMNS = (
     ("gflops", "{:.1f}", "GFLOPs"),
     ("latency_ms", "{:.1f}", "fwd ms"),
     ("train_latency_ms", "{:.1f}", "train ms"),
+    ("train_images_per_second", "{:.2f}", "train img/s"),
     ("peak_mem_mb", "{:.0f}", "fwd mem MiB"),
     ("train_peak_mem_mb", "{:.0f}", "train mem MiB"),
     ("gflops_per_second", "{:.1f}", "GFLOP/s"),

@@ -19,18 +19,48 @@ __all__ = ["Target", "build_target", "softmax_counterpart", "display_name", "con
 PVT_SOFTMAX_SR_RATIOS = (8, 4, 2, 1)
 
 
+SYNTHETIC_OBJECTS_PER_IMAGE = 8  # boxes per image in a detector's synthetic training targets
+
+
 @dataclass
 class Target:
-    """A built model and how to feed it: a batch tensor, or a list of images (torchvision detectors)."""
+    """A built model and how to feed it: a batch tensor, or a list of images (torchvision detectors).
+
+    Detectors train on synthetic targets (`make_targets`): random boxes with labels, and filled-box
+    masks when the model has a mask head, so a training step costs what a real one does.
+    """
 
     model: nn.Module
     list_input: bool = False
-    trainable: bool = True  # detectors need targets to train; the benchmark times them in eval only
+    num_classes: int = 0  # detectors: foreground classes (labels are 1..num_classes)
 
     def make_input(self, batch: int, size: tuple[int, int], device: torch.device) -> Tensor | list[Tensor]:
         generator = torch.Generator().manual_seed(0)
         images = torch.randn(batch, 3, *size, generator=generator).to(device)
         return list(images) if self.list_input else images
+
+    def make_targets(self, batch: int, size: tuple[int, int], device: torch.device) -> list[dict[str, Tensor]] | None:
+        """Training targets for a detector (None for backbones and segmentors, which train on a plain loss)."""
+        if not self.list_input:
+            return None
+        generator = torch.Generator().manual_seed(1)
+        height, width = size
+        with_masks = bool(getattr(getattr(self.model, "roi_heads", None), "has_mask", lambda: False)())
+        targets = []
+        for _ in range(batch):
+            corners = torch.rand(SYNTHETIC_OBJECTS_PER_IMAGE, 2, 2, generator=generator) * torch.tensor([width, height])
+            top_left, bottom_right = corners.min(dim=1).values, corners.max(dim=1).values + 8.0  # N 2: at least 8 px
+            boxes = torch.cat([top_left, bottom_right.minimum(torch.tensor([width, height]))], dim=1)  # N 4 (x1 y1 x2 y2)
+            labels = torch.randint(1, max(2, self.num_classes + 1), (len(boxes),), generator=generator)
+            target = {"boxes": boxes.to(device), "labels": labels.to(device)}
+            if with_masks:
+                ys, xs = torch.arange(height)[:, None], torch.arange(width)[None, :]
+                masks = [
+                    (ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2) for x1, y1, x2, y2 in boxes.round().long().tolist()
+                ]
+                target["masks"] = torch.stack(masks).to(torch.uint8).to(device)  # N H W
+            targets.append(target)
+        return targets
 
 
 def softmax_counterpart(name: str) -> str | None:
@@ -79,8 +109,12 @@ def _config_model(spec: str) -> Target:
 
     cfg = load_config(path, overrides)
     model = build_model(cfg)
-    is_detector = cfg.get("task") == "detection"
-    return Target(model, list_input=is_detector, trainable=not is_detector)
+    if cfg.get("task") != "detection":
+        return Target(model)
+    num_classes = cfg.get("model", {}).get("num_classes")
+    if num_classes is None:
+        raise ValueError(f"{path}: model.num_classes is not set (pass --override model.num_classes=N)")
+    return Target(model, list_input=True, num_classes=int(num_classes))
 
 
 def build_target(spec: str) -> Target:
