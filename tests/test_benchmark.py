@@ -86,6 +86,17 @@ def test_tool_times_a_detector_training_step(tmp_path: Path) -> None:
     assert row["train_images_per_second"] == pytest.approx(2e3 / row["train_latency_ms"])
 
 
+def test_amp_run_measures_the_matmul_yardstick_in_the_autocast_dtype(tmp_path: Path) -> None:
+    out = tmp_path / "bf16.json"
+    code = main(
+        ["--models", "flatten_pvt_t", "--sizes", "64", "--amp", "bf16", "--no-train", "--repeats", "1",
+         "--warmup", "0", "--device", "cpu", "--in-process", "--matmul-sizes", "128", "--out", str(out)]
+    )
+    document = json.loads(out.read_text())
+    assert code == 0 and document["matmul_peak"]["dtype"] == "bfloat16"
+    assert document["results"][0]["amp"] == "bf16" and document["results"][0]["latency_ms"] > 0
+
+
 def test_config_path_without_builder_is_a_clear_error(tmp_path: Path) -> None:
     from flatten_dense.benchmark.targets import build_target
 

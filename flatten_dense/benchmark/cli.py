@@ -147,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_allocator_tuning:
         tune_cpu_allocator()  # in this process too: the matmul peak is measured under the same allocator
     info = machine_info(args.device)
-    peak = matmul_flops_per_second(args.device, sizes=tuple(args.matmul_sizes))
+    # Under --amp the yardstick is a matmul in the autocast dtype: what the models' GEMMs run in.
+    peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
+    dtype_name = str(peak_dtype).removeprefix("torch.")
+    peak = matmul_flops_per_second(args.device, dtype=peak_dtype, sizes=tuple(args.matmul_sizes))
     print(f"# {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']} ({info['torch_threads']} threads)")
-    print(f"# dense fp32 matmul: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s (n={peak['size']})", flush=True)
+    print(f"# dense {dtype_name} matmul: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s (n={peak['size']})", flush=True)
     options = MeasureOptions(
         device=args.device,
         repeats=args.repeats,
@@ -180,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label} {size[0]}x{size[1]} b{batch}: {status}", flush=True)
     # The yardstick is the best of the matmul peaks measured before and after the models (a shared
     # machine's throughput drifts during a long run; the higher figure is the stricter one).
-    peak_end = matmul_flops_per_second(args.device, sizes=tuple(args.matmul_sizes))
-    print(f"# dense fp32 matmul after the models: {peak_end['flops_per_second'] / 1e9:.1f} GFLOP/s (n={peak_end['size']})")
+    peak_end = matmul_flops_per_second(args.device, dtype=peak_dtype, sizes=tuple(args.matmul_sizes))
+    print(f"# dense {dtype_name} matmul after the models: {peak_end['flops_per_second'] / 1e9:.1f} GFLOP/s (n={peak_end['size']})")
     peak = dict(max(peak, peak_end, key=lambda p: p["flops_per_second"]), start=peak, end=peak_end)
     for row in rows:
         if "flops_per_second" in row:
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_ratios(ratios))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        document = {"machine": info, "matmul_peak": peak, "options": options.__dict__, "argv": argv or sys.argv[1:]}
+        document = {"machine": info, "matmul_peak": dict(peak, dtype=dtype_name), "options": options.__dict__, "argv": argv or sys.argv[1:]}
         document.update(results=rows, ratios=ratios)
         Path(args.out).write_text(json.dumps(document, indent=2))
     if args.plot:
