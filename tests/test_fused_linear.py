@@ -75,3 +75,17 @@ def test_split_linear_pieces(layer: nn.Linear, grad: bool) -> None:
     assert separate_gemms == (not grad and torch.backends.mkldnn.is_available())
     if separate_gemms:
         assert all(piece.is_contiguous() for piece in pieces)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_split_linear_adds_each_piece_its_residual(layer: nn.Linear, grad: bool) -> None:
+    x = torch.randn(1, 10, 64)
+    offset = torch.randn(1, 10, 32)
+    with torch.set_grad_enabled(grad):
+        pieces = split_linear(x, [layer], 32, residuals=[None, offset, None])
+    expected = list(layer(x).split(32, dim=-1))
+    expected[1] = expected[1] + offset
+    for got, want in zip(pieces, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError):
+        split_linear(x, [layer], 32, residuals=[None, offset])  # one residual per piece

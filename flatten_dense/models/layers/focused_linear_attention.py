@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .focusing import focused_kernel_parts
-from .fused_linear import project_output, split_linear
+from .fused_linear import project_output, split_linear, uses_onednn
 from .position_encoding import PositionTableResizer
 
 __all__ = ["FocusedLinearAttention", "linear_attention_heads"]
@@ -90,10 +90,10 @@ class FocusedLinearAttention(nn.Module):
             self.dwc = None
         self._resize_position = PositionTableResizer()
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, N, C) -> q, k, v each (B, N, C)."""
+    def project_qkv(self, x: Tensor, *, key_offset: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, N, C) -> q, k, v each (B, N, C); `key_offset` (B, N, C), if given, is added to k."""
         layers = [self.qkv] if self.fused_qkv else [self.q, self.kv]
-        q, k, v = split_linear(x, layers, self.dim)
+        q, k, v = split_linear(x, layers, self.dim, residuals=[None, key_offset, None])
         return q, k, v
 
     def forward(
@@ -113,14 +113,17 @@ class FocusedLinearAttention(nn.Module):
         """
         batch, tokens, channels = x.shape
         heads, head_dim = self.num_heads, self.head_dim
-        q, k, v = self.project_qkv(x)
+        position = None
+        if self.positional_encoding is not None:
+            position = self._resize_position(self.positional_encoding, grid)  # 1 N C
+        # On the oneDNN path (CPU fp32 inference) the key position rides in the k projection's epilogue.
+        fold_position = position is not None and uses_onednn(x) and position.shape == x.shape
+        q, k, v = self.project_qkv(x, key_offset=position if fold_position else None)
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 if given
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             scale = self.scale.to(dtype)
-            position = None
-            if self.positional_encoding is not None:
-                position = self._resize_position(self.positional_encoding, grid).to(dtype)
+            position = None if position is None or fold_position else position.to(dtype)
             q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor)  # B N C, B N 1
             k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, offset=position)
             num_valid: Tensor | float = float(tokens)

@@ -11,6 +11,8 @@ fusion.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -78,17 +80,24 @@ def project_output(proj: nn.Linear, drop: nn.Dropout, x: Tensor, residual: Tenso
     return fused_linear(x, proj.weight, proj.bias, residual=residual)
 
 
-def split_linear(x: Tensor, layers: list[nn.Linear], out_features: int) -> list[Tensor]:
+def split_linear(
+    x: Tensor, layers: list[nn.Linear], out_features: int, *, residuals: Sequence[Tensor | None] | None = None
+) -> list[Tensor]:
     """The outputs of `layers` applied to x, cut into pieces of `out_features` channels each.
 
-    On the oneDNN path each piece is its own GEMM, so every piece is a contiguous tensor (no
-    strided views into one wide output that later ops would have to copy). Elsewhere one GEMM per
-    layer, split into views.
+    `residuals`, if given, holds one tensor (or None) per piece, added to that piece. On the oneDNN
+    path each piece is its own GEMM with its residual fused in, so every piece is a contiguous tensor
+    (no strided views into one wide output that later ops would have to copy). Elsewhere one GEMM
+    per layer, split into views, plus the residuals.
     """
     if uses_onednn(x):
-        pieces = []
+        weights, biases = [], []
         for layer in layers:
-            biases = layer.bias.split(out_features) if layer.bias is not None else [None] * (layer.out_features // out_features)
-            pieces += [fused_linear(x, weight, bias) for weight, bias in zip(layer.weight.split(out_features), biases)]
+            weights += layer.weight.split(out_features)
+            biases += layer.bias.split(out_features) if layer.bias is not None else [None] * (layer.out_features // out_features)
+        residuals = residuals or [None] * len(weights)
+        return [fused_linear(x, w, b, residual=r) for w, b, r in zip(weights, biases, residuals, strict=True)]
+    pieces = [piece for layer in layers for piece in F.linear(x, layer.weight, layer.bias).split(out_features, dim=-1)]
+    if residuals is None:
         return pieces
-    return [piece for layer in layers for piece in F.linear(x, layer.weight, layer.bias).split(out_features, dim=-1)]
+    return [piece if r is None else piece + r for piece, r in zip(pieces, residuals, strict=True)]
