@@ -124,8 +124,9 @@ class FocusedLinearAttention(nn.Module):
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             scale = self.scale.to(dtype)
             position = None if position is None or fold_position else position.to(dtype)
-            q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor)  # B N C, B N 1
-            k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, offset=position)
+            # q and k are this call's own projections: their buffers become the kernels' (inference).
+            q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor, consume=True)  # B N C, B N 1
+            k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, offset=position, consume=True)
             num_valid: Tensor | float = float(tokens)
             if valid is not None:
                 keep = valid.reshape(batch, tokens, 1).to(dtype)

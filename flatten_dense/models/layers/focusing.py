@@ -33,17 +33,19 @@ def focused_kernel(x: Tensor, scale: Tensor, focusing_factor: float) -> Tensor:
 
 
 def focused_kernel_parts(
-    x: Tensor, scale: Tensor, focusing_factor: float, *, offset: Tensor | None = None
+    x: Tensor, scale: Tensor, focusing_factor: float, *, offset: Tensor | None = None, consume: bool = False
 ) -> tuple[Tensor, Tensor]:
     """(x_pow, ratio) with phi(x + offset) = x_pow * ratio; x_pow (B, N, C), ratio (B, N, 1).
 
-    Without autograd the work happens in place on one fresh buffer (no other N x C temporaries).
+    Without autograd the work happens in place on one fresh buffer (no other N x C temporaries);
+    with `consume=True` the caller hands over `x` itself as that buffer (it is overwritten).
     """
     inplace = not torch.is_grad_enabled()
     if offset is not None:
         x = x + offset
+        consume = True  # x is now our own sum
     if inplace:
-        t = (x.clamp_min_(0.0) if offset is not None else x.clamp_min(0.0)).add_(KERNEL_EPS).div_(F.softplus(scale))
+        t = (x.clamp_min_(0.0) if consume else x.clamp_min(0.0)).add_(KERNEL_EPS).div_(F.softplus(scale))
     else:
         t = (F.relu(x) + KERNEL_EPS) / F.softplus(scale)
     norm = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
