@@ -16,7 +16,7 @@ from flatten_dense.benchmark.targets import softmax_counterpart
 ROW_FIELDS = {
     "model", "size", "batch", "params", "flops", "latency_ms", "peak_mem_mb", "flops_per_second",
     "matmul_fraction", "train_latency_ms", "train_flops", "train_peak_mem_mb", "images_per_second",
-    "train_images_per_second",
+    "train_images_per_second", "tensor_peak_mb",
 }
 
 
@@ -149,3 +149,16 @@ def test_flops_count_the_fused_inference_linears() -> None:
     with torch.inference_mode():
         inference = count_flops(lambda: model(x))
     assert inference == count_flops(lambda: model(x)) > 0
+
+
+def test_tensor_peak_follows_allocations_and_frees() -> None:
+    from flatten_dense.benchmark.tensor_memory import peak_tensor_bytes
+
+    def work() -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.empty(1 << 20)  # 4 MiB
+        kept = torch.empty(1 << 18)  # 1 MiB: 5 MiB live, the peak
+        del first
+        later = torch.empty(1 << 19)  # 2 MiB: 3 MiB live
+        return kept, later
+
+    assert peak_tensor_bytes(work) == 5 * 2**20

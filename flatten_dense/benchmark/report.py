@@ -17,6 +17,7 @@ COLUMNS = (
     ("train_latency_ms", "{:.1f}", "train ms"),
     ("train_images_per_second", "{:.2f}", "train img/s"),
     ("peak_mem_mb", "{:.0f}", "fwd mem MiB"),
+    ("tensor_peak_mb", "{:.0f}", "fwd tensor MiB"),
     ("train_peak_mem_mb", "{:.0f}", "train mem MiB"),
     ("gflops_per_second", "{:.1f}", "GFLOP/s"),
     ("matmul_fraction", "{:.0%}", "of matmul"),
@@ -94,16 +95,22 @@ def plot_scaling(rows: list[dict], path: str | Path, title: str = "") -> None:
     for row in rows:
         if "error" not in row:
             series[row["model"]].append(row)
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    with_tensor_peak = any("tensor_peak_mb" in row for items in series.values() for row in items)
+    fig, axes = plt.subplots(1, 3 if with_tensor_peak else 2, figsize=(16 if with_tensor_peak else 11, 4.2))
+    ax_time, ax_mem = axes[0], axes[1]
     for model, items in sorted(series.items()):
         items.sort(key=lambda r: r["size"][0] * r["size"][1])
         pixels = [r["size"][0] * r["size"][1] / 1e6 for r in items]
         style = "--" if "softmax" in model or model.startswith("tv_") or "@" in model else "-"
         ax_time.plot(pixels, [r["latency_ms"] for r in items], style, marker="o", label=model)
         ax_mem.plot(pixels, [r["peak_mem_mb"] for r in items], style, marker="o", label=model)
+        if with_tensor_peak:
+            axes[2].plot(pixels, [r.get("tensor_peak_mb", float("nan")) for r in items], style, marker="o", label=model)
     ax_time.set(xlabel="input megapixels", ylabel="forward latency (ms, median)", title="latency")
-    ax_mem.set(xlabel="input megapixels", ylabel="peak memory growth (MiB)", title="memory")
-    for ax in (ax_time, ax_mem):
+    ax_mem.set(xlabel="input megapixels", ylabel="peak memory growth (MiB)", title="memory (process RSS)")
+    if with_tensor_peak:
+        axes[2].set(xlabel="input megapixels", ylabel="peak live tensor memory (MiB)", title="memory (live tensors)")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:

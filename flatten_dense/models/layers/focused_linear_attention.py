@@ -137,14 +137,17 @@ class FocusedLinearAttention(nn.Module):
             v_heads = v.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
             kv = torch.cat([k_heads.transpose(-2, -1) @ v_heads, k_heads.sum(dim=2).unsqueeze(-1)], dim=-1)
             kv = kv / num_valid  # B h d (d + 1): [phi(k)^T v | sum phi(k)] / n
+            del k, k_pow, k_phi, k_heads, v_heads  # the N x C key buffer is free from here (peak memory)
             q_heads = q_pow.view(batch, tokens, heads, head_dim).transpose(1, 2)
             out = q_heads @ kv  # B h N (d + 1): q**p @ kv, and q**p . mean(phi(k)) in the last column
+            del q, q_pow, q_heads  # and the query buffer
             # phi(q) = q**p * r: out = r (q**p kv) / (r (q**p . mean k) + eps)
             factor = q_ratio.unsqueeze(1) / (q_ratio.unsqueeze(1) * out[..., head_dim:] + NORMALISER_EPS)
             attended = out[..., :head_dim].transpose(1, 2)  # B N h d (a view)
             factor = factor.transpose(1, 2)  # B N h 1
             if self.dwc is not None:
                 local = self._depthwise_conv(v, grid, dtype).view(batch, tokens, heads, head_dim)
+                del v  # and the values
                 out = local.addcmul_(attended, factor) if not torch.is_grad_enabled() else torch.addcmul(local, attended, factor)
             else:
                 out = attended * factor
