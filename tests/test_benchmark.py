@@ -16,7 +16,7 @@ from flatten_dense.benchmark.targets import softmax_counterpart
 ROW_FIELDS = {
     "model", "size", "batch", "params", "flops", "latency_ms", "peak_mem_mb", "flops_per_second",
     "matmul_fraction", "train_latency_ms", "train_flops", "train_peak_mem_mb", "images_per_second",
-    "train_images_per_second", "tensor_peak_mb",
+    "train_images_per_second", "tensor_peak_mb", "train_tensor_peak_mb",
 }
 
 

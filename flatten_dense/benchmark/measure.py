@@ -6,8 +6,9 @@ mark (`resource.getrusage().ru_maxrss`) over the RSS just before the first forwa
 meaningful in a process that has not run anything bigger before, so the benchmark runs every
 measurement in a fresh worker process (see `worker.py`). Inference is measured first, so
 `peak_mem_mb` is the inference peak; `train_peak_mem_mb` is read after the training steps.
-On CPU `tensor_peak_mb` adds the peak of live tensor memory in one forward (`tensor_memory.py`):
-deterministic, free of the C library's retention and fragmentation that the RSS figure includes.
+On CPU `tensor_peak_mb` (`train_tensor_peak_mb`) adds the peak of live tensor memory in one forward
+(training step), from `tensor_memory.py`: deterministic, free of the C library's retention and
+fragmentation that the RSS figure includes.
 A forward pass on a tiny 64 x 64 input runs before the start point, so loading libraries and
 thread pools is not counted as activation memory.
 """
@@ -167,6 +168,9 @@ def _measure_train(model: nn.Module, runner: nn.Module, inputs: tuple, options: 
     step()  # compiles the training graph when --compile
     flops = count_flops(lambda: step(model))
     times = _median_seconds(step, options.repeats, max(0, options.warmup - 1), device)
-    model.eval()
     median = statistics.median(times)
-    return {"train_latency_ms": median * 1e3, "train_flops": flops, "train_flops_per_second": flops / median}
+    result = {"train_latency_ms": median * 1e3, "train_flops": flops, "train_flops_per_second": flops / median}
+    if device.type == "cpu":  # saved activations included: the memory a training step needs
+        result["train_tensor_peak_mb"] = peak_tensor_bytes(step) / 2**20
+    model.eval()
+    return result

@@ -19,6 +19,7 @@ COLUMNS = (
     ("peak_mem_mb", "{:.0f}", "fwd mem MiB"),
     ("tensor_peak_mb", "{:.0f}", "fwd tensor MiB"),
     ("train_peak_mem_mb", "{:.0f}", "train mem MiB"),
+    ("train_tensor_peak_mb", "{:.0f}", "train tensor MiB"),
     ("gflops_per_second", "{:.1f}", "GFLOP/s"),
     ("matmul_fraction", "{:.0%}", "of matmul"),
 )
