@@ -49,3 +49,21 @@ def test_resizer_cache_follows_the_table_values(update: str) -> None:
     torch.testing.assert_close(updated, resize_position_table(table.detach(), (4, 4), (8, 8)))
     trained = resizer(table, (8, 8))  # with autograd: recomputed so gradients reach the table
     assert trained.requires_grad
+
+
+def test_resizer_recomputes_off_the_cpu_without_caching() -> None:
+    """Off the CPU (here the meta device) the resize is recomputed: comparing a cached copy would sync."""
+    resizer = PositionTableResizer()
+    table = torch.nn.Parameter(torch.randn(1, 16, 4, device="meta"))
+    with torch.no_grad():
+        resized = resizer(table, (8, 8))
+    assert resized.shape == (1, 64, 4) and resized.device.type == "meta"
+    assert not resizer._cache
+
+
+def test_weights_first_built_in_inference_mode_serve_autograd_later() -> None:
+    table = torch.nn.Parameter(torch.randn(1, 9, 4))
+    with torch.inference_mode():
+        resize_position_table(table, (3, 3), (11, 13))  # sizes no other test uses: built here first
+    resize_position_table(table, (3, 3), (11, 13)).sum().backward()
+    assert table.grad is not None and torch.isfinite(table.grad).all()

@@ -1,7 +1,7 @@
 """Resizing of learned position tables stored for one token grid to another grid.
 
 The released models store position encodings for the 224 x 224 token grid; dense prediction
-runs on other grids. Tables are resized with bicubic interpolation; in inference (no autograd)
+runs on other grids. Tables are resized with bicubic interpolation; in CPU inference (no autograd)
 the result is cached per grid and dropped as soon as the table's values change.
 
 The resize is written as two small matrix products, `rows @ table @ cols.T`, with the weights
@@ -13,6 +13,7 @@ lowering of that backward took half of a PVT-T training step, it is what makes c
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -51,13 +52,22 @@ def bicubic_weights(src: int, dst: int, *, device: torch.device | None = None) -
     return weights.to(device=device, dtype=torch.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_bicubic_weights(src: int, dst: int, *, device: torch.device | None = None) -> Tensor:
+    with torch.inference_mode(False):  # a normal tensor, usable by autograd later even if first built in inference
+        return bicubic_weights(src, dst, device=device)
+
+
 def resize_position_table(table: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
     """(1, h*w, C) table on `src_grid` -> (1, H*W, C) on `dst_grid` (bicubic, no corner alignment)."""
     if tuple(src_grid) == tuple(dst_grid):
         return table
     (h, w), (out_h, out_w) = src_grid, dst_grid
-    rows = bicubic_weights(h, out_h, device=table.device)  # H h
-    cols = bicubic_weights(w, out_w, device=table.device)  # W w
+    # Eager calls reuse the matrices (a fresh copy to a GPU would wait for it); a compiled graph
+    # builds them itself (dynamo traces through, not into, a Python cache).
+    weights = bicubic_weights if torch.compiler.is_compiling() else _cached_bicubic_weights
+    rows = weights(h, out_h, device=table.device)  # H h
+    cols = weights(w, out_w, device=table.device)  # W w
     grid = table.float().reshape(h, w, -1)  # h w C
     grid = torch.einsum("Hh,hwc->Hwc", rows, grid)  # H w C
     grid = torch.einsum("Ww,Hwc->HWc", cols, grid)  # H W C
@@ -81,8 +91,9 @@ class PositionTableResizer:
         dst_grid = (int(dst_grid[0]), int(dst_grid[1]))
         if src_grid == dst_grid:
             return table
-        if (torch.is_grad_enabled() and table.requires_grad) or torch.compiler.is_compiling():
-            # Under torch.compile the resize is part of the graph (a Python cache would break it).
+        if (torch.is_grad_enabled() and table.requires_grad) or torch.compiler.is_compiling() or table.device.type != "cpu":
+            # Under torch.compile the resize is part of the graph (a Python cache would break it). On
+            # a GPU it is two tiny matmuls, while checking a cached copy would wait for the GPU.
             return resize_position_table(table, src_grid, dst_grid)
         # One resizer may serve several tables (PVT's per-stage pos_embed): cache per table. The
         # entries hold only while the table still equals the copy taken when they were made: a
