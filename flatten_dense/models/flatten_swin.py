@@ -121,15 +121,17 @@ class SwinBlock(nn.Module):
         return out[:, :height, :width]
 
     def _mask(self, padded: tuple[int, int], real: tuple[int, int], shift: tuple, device) -> Tensor | None:
-        key = (padded, real, shift, device)
+        def build() -> Tensor | None:
+            mask = shifted_window_mask(padded, real, (self.softmax_window,) * 2, shift)
+            return None if mask is None else mask.to(device)
+
         if torch.compiler.is_compiling():
             # Traced as constants; a Python cache filled by the first call would fail dynamo's guards
             # on the next one and recompile the whole backbone.
-            mask = shifted_window_mask(padded, real, (self.softmax_window,) * 2, shift)
-            return None if mask is None else mask.to(device)
+            return build()
+        key = (padded, real, shift, device)
         if key not in self._mask_cache:
-            mask = shifted_window_mask(padded, real, (self.softmax_window,) * 2, shift)
-            self._mask_cache[key] = None if mask is None else mask.to(device)
+            self._mask_cache[key] = build()
         return self._mask_cache[key]
 
 

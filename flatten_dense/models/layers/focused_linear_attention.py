@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .focusing import focused_kernel_parts
-from .fused_linear import project_output, split_linear, uses_onednn
+from .fused_linear import project_output, split_linear
 from .position_encoding import PositionTableResizer
 
 __all__ = ["FocusedLinearAttention", "linear_attention_heads"]
@@ -116,17 +116,15 @@ class FocusedLinearAttention(nn.Module):
         position = None
         if self.positional_encoding is not None:
             position = self._resize_position(self.positional_encoding, grid)  # 1 N C
-        # On the oneDNN path (CPU fp32 inference) the key position rides in the k projection's epilogue.
-        fold_position = position is not None and uses_onednn(x) and position.shape == x.shape
-        q, k, v = self.project_qkv(x, key_offset=position if fold_position else None)
+        # k = x W_k + b_k + P: on the oneDNN path (CPU fp32 inference) P rides in the GEMM's epilogue.
+        q, k, v = self.project_qkv(x, key_offset=position)
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 if given
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             scale = self.scale.to(dtype)
-            position = None if position is None or fold_position else position.to(dtype)
             # q and k are this call's own projections: their buffers become the kernels' (inference).
             q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor, consume=True)  # B N C, B N 1
-            k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, offset=position, consume=True)
+            k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, consume=True)
             num_valid: Tensor | float = float(tokens)
             if valid is not None:
                 keep = valid.reshape(batch, tokens, 1).to(dtype)

@@ -32,18 +32,13 @@ def focused_kernel(x: Tensor, scale: Tensor, focusing_factor: float) -> Tensor:
     return focusing_function(x, focusing_factor)
 
 
-def focused_kernel_parts(
-    x: Tensor, scale: Tensor, focusing_factor: float, *, offset: Tensor | None = None, consume: bool = False
-) -> tuple[Tensor, Tensor]:
-    """(x_pow, ratio) with phi(x + offset) = x_pow * ratio; x_pow (B, N, C), ratio (B, N, 1).
+def focused_kernel_parts(x: Tensor, scale: Tensor, focusing_factor: float, *, consume: bool = False) -> tuple[Tensor, Tensor]:
+    """(x_pow, ratio) with phi(x) = x_pow * ratio; x_pow (B, N, C), ratio (B, N, 1).
 
     Without autograd the work happens in place on one fresh buffer (no other N x C temporaries);
     with `consume=True` the caller hands over `x` itself as that buffer (it is overwritten).
     """
     inplace = not torch.is_grad_enabled()
-    if offset is not None:
-        x = x + offset
-        consume = True  # x is now our own sum
     if inplace:
         t = (x.clamp_min_(0.0) if consume else x.clamp_min(0.0)).add_(KERNEL_EPS).div_(F.softplus(scale))
     else:
