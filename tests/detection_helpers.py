@@ -7,9 +7,11 @@ from pathlib import Path
 from flatten_dense.data.synthetic_coco import make_synthetic_coco
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MASK_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
 
 HEAD_OPTIONS = {
     "mask_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  mask_head_channels: 16\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
+    "cascade_mask_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  mask_head_channels: 16\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
     "faster_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
     "retinanet": "",
     "fcos": "  fpn_channels: 64\n",  # GroupNorm(32) in FCOS' head needs > 1 value per group at 1 x 1 P7
@@ -24,7 +26,7 @@ def tiny_config(folder: Path, detector: str, data_root: Path) -> Path:
     """A config inheriting the real base files, shrunk to seconds on a CPU."""
     path = folder / f"tiny_{detector}.yaml"
     base = CONFIGS / "_base_"
-    masks = "true" if detector == "mask_rcnn" else "false"
+    masks = "true" if detector in MASK_DETECTORS else "false"
     head_options = HEAD_OPTIONS[detector] or "  fpn_channels: 32\n"
     path.write_text(
         f"""_base_:

@@ -19,7 +19,7 @@ from flatten_dense.detection.coco_metrics import build_coco_metric, metric_targe
 from flatten_dense.model_builder import build_model
 from flatten_dense.models.checkpoint import CheckpointMismatchError
 
-from detection_helpers import CONFIGS, tiny_coco, tiny_config
+from detection_helpers import CONFIGS, MASK_DETECTORS, tiny_coco, tiny_config
 
 DETECTION_CONFIGS = sorted((CONFIGS / "detection").glob("*.yaml"))
 
@@ -38,9 +38,14 @@ def test_every_detection_config_builds(config: Path) -> None:
 
 @pytest.mark.parametrize(
     "config, paper_millions",
-    [("mask_rcnn_flatten_pvt_t_fpn_1x_coco", 32.0), ("mask_rcnn_flatten_swin_t_fpn_1x_coco", 49.0)],
+    [
+        ("mask_rcnn_flatten_pvt_t_fpn_1x_coco", 32.0),
+        ("mask_rcnn_flatten_swin_t_fpn_1x_coco", 49.0),
+        ("cascade_mask_rcnn_flatten_swin_t_fpn_3x_coco", 87.0),
+        ("cascade_mask_rcnn_flatten_swin_s_fpn_3x_coco", 108.0),
+    ],
 )
-def test_mask_rcnn_parameter_counts_match_the_paper(config: str, paper_millions: float) -> None:
+def test_parameter_counts_match_the_paper(config: str, paper_millions: float) -> None:
     model = build_model(load_config(CONFIGS / "detection" / f"{config}.yaml"))
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     assert abs(millions - paper_millions) / paper_millions < 0.03
@@ -57,7 +62,7 @@ def test_two_training_steps_then_evaluation(detector: str, coco_root: Path, tmp_
     results_json = tmp_path / "results.json"
     summary = run_test(config, run_dir / "checkpoints" / "last.ckpt", results_json=results_json)
     assert 0.0 <= summary["metrics"]["test/bbox_mAP"] <= 1.0
-    assert ("test/segm_mAP" in summary["metrics"]) == (detector == "mask_rcnn")
+    assert ("test/segm_mAP" in summary["metrics"]) == (detector in MASK_DETECTORS)
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written["metrics"] == summary["metrics"]
     results = json.loads(results_json.read_text())

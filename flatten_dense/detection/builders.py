@@ -1,5 +1,7 @@
 """Detectors from torchvision's implementations over any FLatten backbone + FPN.
 
+Cascade Mask R-CNN is torchvision's MaskRCNN with our `CascadeRoIHeads` in place of its RoI heads.
+
 `num_classes` counts foreground classes (80 for COCO), as in mmdetection; torchvision's heads
 get one more for the background label 0 (RetinaNet and FCOS never predict it).
 """
@@ -20,6 +22,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from flatten_dense.models import create_backbone
 from flatten_dense.necks import BackboneWithFPN
 
+from .cascade_roi_heads import CascadeRoIHeads, CascadeStage
 from .input_transform import InferenceResizeTransform
 
 __all__ = ["DETECTORS", "build_detector", "detector_options", "list_detectors"]
@@ -41,6 +44,46 @@ def _mask_rcnn(fpn: BackboneWithFPN, num_classes: int, widths: dict[str, int], *
     return _rcnn(MaskRCNN, fpn, num_classes, widths, mask_head=mask_head, mask_predictor=mask_predictor, **kwargs)
 
 
+def _cascade_mask_rcnn(
+    fpn: BackboneWithFPN,
+    num_classes: int,
+    widths: dict[str, int],
+    *,
+    stage_iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7),
+    stage_loss_weights: tuple[float, ...] = (1.0, 0.5, 0.25),
+    **kwargs: Any,
+) -> nn.Module:
+    stages = [
+        CascadeStage(
+            in_channels=fpn.out_channels,
+            fc_channels=widths["box_head_channels"],
+            mask_channels=widths["mask_head_channels"],
+            num_classes=num_classes,
+        )
+        for _ in stage_iou_thresholds
+    ]
+    first = stages[0]
+    # torchvision builds the RPN, transform and RoI pools; its single-stage RoI heads are then replaced.
+    model = MaskRCNN(
+        fpn, num_classes=None, box_head=first.box_head, box_predictor=first.cls_score,
+        mask_head=first.mask_head, mask_predictor=first.mask_predictor, **kwargs,
+    )
+    single = model.roi_heads
+    model.roi_heads = CascadeRoIHeads(
+        stages=stages,
+        box_roi_pool=single.box_roi_pool,
+        mask_roi_pool=single.mask_roi_pool,
+        stage_iou_thresholds=tuple(stage_iou_thresholds),
+        stage_loss_weights=tuple(stage_loss_weights),
+        batch_size_per_image=single.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=single.fg_bg_sampler.positive_fraction,
+        score_thresh=single.score_thresh,
+        nms_thresh=single.nms_thresh,
+        detections_per_img=single.detections_per_img,
+    )
+    return model
+
+
 def _faster_rcnn(fpn: BackboneWithFPN, num_classes: int, widths: dict[str, int], **kwargs: Any) -> nn.Module:
     return _rcnn(FasterRCNN, fpn, num_classes, widths, **kwargs)
 
@@ -56,15 +99,21 @@ def _fcos(fpn: BackboneWithFPN, num_classes: int, widths: dict[str, int], **kwar
 # name -> (builder, backbone levels used, extra FPN block factory given (C5 channels, FPN width))
 DETECTORS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...], Callable[[int, int], nn.Module]]] = {
     "mask_rcnn": (_mask_rcnn, RCNN_LEVELS, lambda c5, width: LastLevelMaxPool()),
+    "cascade_mask_rcnn": (_cascade_mask_rcnn, RCNN_LEVELS, lambda c5, width: LastLevelMaxPool()),
     "faster_rcnn": (_faster_rcnn, RCNN_LEVELS, lambda c5, width: LastLevelMaxPool()),
     "retinanet": (_retinanet, SINGLE_STAGE_LEVELS, lambda c5, width: LastLevelP6P7(c5, width)),  # P6 from C5
     "fcos": (_fcos, SINGLE_STAGE_LEVELS, lambda c5, width: LastLevelP6P7(width, width)),  # P6 from P5
 }
 
 
-TORCHVISION_CLASSES: dict[str, type] = {"mask_rcnn": MaskRCNN, "faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS}
+TORCHVISION_CLASSES: dict[str, type] = {
+    "mask_rcnn": MaskRCNN, "cascade_mask_rcnn": MaskRCNN, "faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS,
+}
 SET_BY_BUILDER = {"self", "backbone", "num_classes", "kwargs", "box_head", "box_predictor", "mask_head", "mask_predictor",
                   "min_size", "max_size", "image_mean", "image_std"}
+# The cascade sets IoU thresholds and box coders per stage instead of torchvision's single values.
+CASCADE_OPTIONS = {"stage_iou_thresholds", "stage_loss_weights"}
+REPLACED_BY_CASCADE = {"box_fg_iou_thresh", "box_bg_iou_thresh", "box_reg_weights"}
 
 
 def list_detectors() -> list[str]:
@@ -73,7 +122,10 @@ def list_detectors() -> list[str]:
 
 def detector_options(name: str) -> set[str]:
     """Keyword arguments of the torchvision detector `name` that callers may pass through."""
-    return set(inspect.signature(TORCHVISION_CLASSES[name]).parameters) - SET_BY_BUILDER
+    options = set(inspect.signature(TORCHVISION_CLASSES[name]).parameters) - SET_BY_BUILDER
+    if name == "cascade_mask_rcnn":
+        return (options - REPLACED_BY_CASCADE) | CASCADE_OPTIONS
+    return options
 
 
 def build_detector(
