@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train, evaluate and draw on built-in synthetic data")
     demo.add_argument("--task", choices=("detection", "segmentation"), default="detection")
     demo.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, metrics and pictures")
+    demo.add_argument("--config", help="another model config for the task's synthetic data (its run folder is named after it)")
     return parser
 
 
@@ -75,7 +76,7 @@ def run_command(argv: Sequence[str]) -> object:
     if args.command == "demo":
         from flatten_dense.commands.demo import demo
 
-        return demo(task=args.task, out_dir=args.out)
+        return demo(task=args.task, out_dir=args.out, config=args.config)
     raise AssertionError(args.command)
 
 
