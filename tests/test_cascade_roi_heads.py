@@ -153,3 +153,12 @@ def test_single_stage_matching_options_are_refused(option: str) -> None:
 def test_stage_options_must_agree() -> None:
     with pytest.raises(ValueError, match="one IoU threshold and one loss weight per stage"):
         make_heads(stage_iou_thresholds=(0.5, 0.6), stage_loss_weights=(1.0, 0.5, 0.25))
+
+
+def test_boxes_are_decoded_in_float32_under_autocast() -> None:
+    heads = make_heads().eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        detections = heads(features(), proposals(), [IMAGE, IMAGE])[0]
+        logits, deltas = heads.stages[0].predict_boxes(torch.randn(4, 8, 7, 7))
+    assert logits.dtype == deltas.dtype == torch.float32
+    assert all(d["boxes"].dtype == torch.float32 for d in detections)

@@ -52,9 +52,13 @@ class CascadeStage(nn.Module):
         self.mask_predictor = MaskRCNNPredictor(mask_channels, mask_channels, num_classes + 1)
 
     def predict_boxes(self, roi_features: Tensor) -> tuple[Tensor, Tensor]:
-        """(R, C, 7, 7) -> class logits (R, K + 1), box deltas (R, 4)."""
+        """(R, C, 7, 7) -> class logits (R, K + 1), box deltas (R, 4), in float32.
+
+        float32 even under autocast: the boxes are decoded from the deltas and refined three times,
+        and bfloat16 would round pixel coordinates near 1000 to steps of 4-8.
+        """
         x = self.box_head(roi_features)
-        return self.cls_score(x), self.bbox_pred(x)
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
 
     def predict_masks(self, roi_features: Tensor) -> Tensor:
         """(R, C, 14, 14) -> mask logits (R, K + 1, 28, 28)."""
