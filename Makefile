@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-segmentation test clean
+.PHONY: demo demo-segmentation demo-cascade test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 demo-segmentation: $(STAMP)
 	$(PY) tools/demo.py --task segmentation
+
+demo-cascade: $(STAMP)
+	$(PY) tools/demo.py --config configs/detection/demo_cascade_mask_rcnn_flatten_pvt_v2_b0_synthetic.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
