@@ -266,3 +266,32 @@ def test_inference_path_equals_the_autograd_path(name: str) -> None:
         plain = model(image)
     for got, expected in zip(fused, plain):
         assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+UNAPPLIED_BY_DESIGN = {"flatten_pvt_t": {"norm"}}  # stored in the released v1 files, not applied by their classifier
+
+
+@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_pvt_v2_b0"])
+def test_every_module_takes_part_in_the_forward(name: str) -> None:
+    """No dead modules: in a training-mode forward every leaf module without parameters is called,
+    and every parameter gets a gradient (layers used through their weights, e.g. split q/k/v)."""
+    model = fd.create_classifier(name).train()
+    called: set[str] = set()
+    for module_name, module in model.named_modules():
+        module.register_forward_hook(lambda *_, module_name=module_name: called.add(module_name))
+    model(torch.randn(1, 3, 224, 224)).square().mean().backward()
+    allowed = UNAPPLIED_BY_DESIGN.get(name, set())
+    unused = [
+        n
+        for n, m in model.named_modules()
+        if not list(m.children()) and not list(m.parameters(recurse=False)) and n not in called and n not in allowed
+    ]
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None and n.split(".")[0] not in allowed]
+    assert not unused and not no_grad, (unused[:5], no_grad[:5])
+
+
+def test_registry_holds_no_duplicate_tables() -> None:
+    from flatten_dense.models import registry
+
+    tables = [value for key, value in vars(registry).items() if key.isupper() and isinstance(value, dict) and key != "MODEL_SPECS"]
+    assert all(a is b or a != b for a in tables for b in tables)

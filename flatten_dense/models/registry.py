@@ -15,8 +15,7 @@ from .pyramid_model import PyramidModel
 
 __all__ = ["MODEL_SPECS", "ModelSpec", "list_models", "create_backbone", "create_classifier", "model_spec"]
 
-PVT_V1_DIMS = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4))
-PVT_V2_DIMS = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4))
+PVT_DIMS = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4))  # v1 and v2 b1-b4
 
 
 @dataclass(frozen=True)
@@ -29,17 +28,17 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "flatten_swin_t": ModelSpec(FlattenSwin, dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2)),
     "flatten_swin_s": ModelSpec(FlattenSwin, dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3)),
     "flatten_swin_b": ModelSpec(FlattenSwin, dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)),
-    "flatten_pvt_t": ModelSpec(FlattenPVT, dict(version=1, depths=(2, 2, 2, 2), drop_path_rate=0.1, **PVT_V1_DIMS)),
-    "flatten_pvt_s": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 4, 6, 3), drop_path_rate=0.1, **PVT_V1_DIMS)),
-    "flatten_pvt_m": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 4, 18, 3), drop_path_rate=0.1, **PVT_V1_DIMS)),
-    "flatten_pvt_l": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 8, 27, 3), drop_path_rate=0.1, **PVT_V1_DIMS)),
+    "flatten_pvt_t": ModelSpec(FlattenPVT, dict(version=1, depths=(2, 2, 2, 2), drop_path_rate=0.1, **PVT_DIMS)),
+    "flatten_pvt_s": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 4, 6, 3), drop_path_rate=0.1, **PVT_DIMS)),
+    "flatten_pvt_m": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 4, 18, 3), drop_path_rate=0.1, **PVT_DIMS)),
+    "flatten_pvt_l": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 8, 27, 3), drop_path_rate=0.1, **PVT_DIMS)),
     "flatten_pvt_v2_b0": ModelSpec(
         FlattenPVT, dict(version=2, embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), depths=(2, 2, 2, 2), drop_path_rate=0.1)
     ),
-    "flatten_pvt_v2_b1": ModelSpec(FlattenPVT, dict(version=2, depths=(2, 2, 2, 2), drop_path_rate=0.1, **PVT_V2_DIMS)),
-    "flatten_pvt_v2_b2": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 4, 6, 3), drop_path_rate=0.1, **PVT_V2_DIMS)),
-    "flatten_pvt_v2_b3": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 4, 18, 3), drop_path_rate=0.2, **PVT_V2_DIMS)),
-    "flatten_pvt_v2_b4": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 8, 27, 3), drop_path_rate=0.3, **PVT_V2_DIMS)),
+    "flatten_pvt_v2_b1": ModelSpec(FlattenPVT, dict(version=2, depths=(2, 2, 2, 2), drop_path_rate=0.1, **PVT_DIMS)),
+    "flatten_pvt_v2_b2": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 4, 6, 3), drop_path_rate=0.1, **PVT_DIMS)),
+    "flatten_pvt_v2_b3": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 4, 18, 3), drop_path_rate=0.2, **PVT_DIMS)),
+    "flatten_pvt_v2_b4": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 8, 27, 3), drop_path_rate=0.3, **PVT_DIMS)),
     "flatten_pvt_v2_b5": ModelSpec(
         FlattenPVT,
         dict(version=2, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(4, 4, 4, 4), depths=(3, 6, 40, 3), drop_path_rate=0.3),

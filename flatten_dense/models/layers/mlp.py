@@ -21,10 +21,11 @@ def gelu(x: Tensor) -> Tensor:
 
 
 class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2 (the GELU is the `gelu` function: in place when there is no autograd)."""
+
     def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
@@ -74,7 +75,6 @@ class DepthwiseConvMlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.dwconv = _DepthwiseConv(hidden_dim)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
