@@ -123,7 +123,9 @@ def mlp(x: Tensor, sd: dict, prefix: str, side: int | None = None) -> Tensor:
     if prefix + ".dwconv.dwconv.weight" in sd:
         b, n, c = h.shape
         grid = h.transpose(1, 2).reshape(b, c, side, side)
-        grid = F.conv2d(grid, sd[prefix + ".dwconv.dwconv.weight"], sd[prefix + ".dwconv.dwconv.bias"], padding=1, groups=c)
+        grid = F.conv2d(
+            grid, sd[prefix + ".dwconv.dwconv.weight"], sd[prefix + ".dwconv.dwconv.bias"], padding=1, groups=c
+        )
         h = grid.flatten(2).transpose(1, 2)
     return linear(F.gelu(h), sd, prefix + ".fc2")
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_flatten import key_list, make_release_checkpoint, official_shift_mask, reference_logits
 
 import flatten_dense as fd
 from flatten_dense.models.layers import shifted_window_mask
-
-from reference_flatten import key_list, make_release_checkpoint, official_shift_mask, reference_logits
 
 MODELS = fd.list_models()
 RECOMPUTED = ("relative_position_index", "attn_mask")
@@ -183,7 +182,9 @@ def test_frozen_stages(name: str) -> None:
     frozen = [n for n, p in backbone.named_parameters() if not p.requires_grad]
     trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
     assert frozen and trainable
-    assert all(n.startswith(("patch_embed", "layers.0.", "block1.", "pos_embed1", "norm1.", "out_norms.0.")) for n in frozen)
+    assert all(
+        n.startswith(("patch_embed", "layers.0.", "block1.", "pos_embed1", "norm1.", "out_norms.0.")) for n in frozen
+    )
     assert not any(n.startswith(("layers.1.blocks", "block2.")) for n in frozen)
     stem = backbone.patch_embed if hasattr(backbone, "patch_embed") else backbone.patch_embed1
     assert not stem.training
@@ -293,5 +294,9 @@ def test_every_module_takes_part_in_the_forward(name: str) -> None:
 def test_registry_holds_no_duplicate_tables() -> None:
     from flatten_dense.models import registry
 
-    tables = [value for key, value in vars(registry).items() if key.isupper() and isinstance(value, dict) and key != "MODEL_SPECS"]
+    tables = [
+        value
+        for key, value in vars(registry).items()
+        if key.isupper() and isinstance(value, dict) and key != "MODEL_SPECS"
+    ]
     assert all(a is b or a != b for a in tables for b in tables)

@@ -16,7 +16,9 @@ def _channels_last_map(batch: int, channels: int, height: int, width: int) -> to
 
 @pytest.mark.parametrize("with_norm", [True, False])
 @pytest.mark.parametrize(("batch", "channels", "height", "width"), [(2, 64, 67, 71), (1, 320, 9, 5), (1, 3, 1, 1)])
-def test_blocked_output_equals_norm_then_copy(with_norm: bool, batch: int, channels: int, height: int, width: int) -> None:
+def test_blocked_output_equals_norm_then_copy(
+    with_norm: bool, batch: int, channels: int, height: int, width: int
+) -> None:
     torch.manual_seed(0)
     feature = _channels_last_map(batch, channels, height, width)
     norm = nn.LayerNorm(channels) if with_norm else None

@@ -20,7 +20,14 @@ from torch import Tensor, nn
 
 from .layers.position_encoding import resize_position_table, square_grid
 
-__all__ = ["CheckpointMismatchError", "read_state_dict", "filter_state_dict", "load_pretrained", "load_weights", "mismatch_report"]
+__all__ = [
+    "CheckpointMismatchError",
+    "filter_state_dict",
+    "load_pretrained",
+    "load_weights",
+    "mismatch_report",
+    "read_state_dict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +103,9 @@ def filter_state_dict(state: dict[str, Tensor], model: nn.Module) -> tuple[dict[
     return filtered, notes
 
 
-def mismatch_report(model: nn.Module, state: dict[str, Tensor], new_prefixes: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+def mismatch_report(
+    model: nn.Module, state: dict[str, Tensor], new_prefixes: tuple[str, ...]
+) -> tuple[list[str], list[str], list[str]]:
     """Missing, unexpected and mis-shaped keys; names under `new_prefixes` may be missing (newly initialised)."""
     target = model.state_dict()
     missing = sorted(name for name in target if name not in state and not name.startswith(new_prefixes))
@@ -126,7 +135,11 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
         new_prefixes += ("head.",)
     missing, unexpected, mismatched = mismatch_report(model, state, new_prefixes)
     if missing or unexpected or mismatched:
-        parts = [_listing(label, names) for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)) if names]
+        parts = [
+            _listing(label, names)
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched))
+            if names
+        ]
         raise CheckpointMismatchError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict(state, strict=False)
     for note in notes:
@@ -143,6 +156,12 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     state = read_state_dict(path)
     missing, unexpected, mismatched = mismatch_report(module, state, ())
     if missing or unexpected or mismatched:
-        parts = [_listing(label, names) for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)) if names]
-        raise CheckpointMismatchError(f"checkpoint {path} does not fit this config's {type(module).__name__}: " + "; ".join(parts))
+        parts = [
+            _listing(label, names)
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched))
+            if names
+        ]
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit this config's {type(module).__name__}: " + "; ".join(parts)
+        )
     module.load_state_dict(state, strict=True)

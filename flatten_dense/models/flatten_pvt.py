@@ -52,7 +52,12 @@ class PVTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
         if attn_type == "L":
             self.attn = FocusedLinearAttention(
-                dim, num_heads, num_keys=num_keys, fused_qkv=False, focusing_factor=focusing_factor, kernel_size=kernel_size
+                dim,
+                num_heads,
+                num_keys=num_keys,
+                fused_qkv=False,
+                focusing_factor=focusing_factor,
+                kernel_size=kernel_size,
             )
         elif attn_type == "S":
             self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio=sr_ratio)
@@ -181,4 +186,3 @@ class FlattenPVT(PyramidModel):
         else:
             modules.append(getattr(self, f"norm{stage}"))
         return modules
-

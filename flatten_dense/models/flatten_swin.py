@@ -30,7 +30,7 @@ from .layers import (
 )
 from .pyramid_model import PyramidModel, init_transformer_weights
 
-__all__ = ["FlattenSwin", "SwinBlock", "PatchMerging"]
+__all__ = ["FlattenSwin", "PatchMerging", "SwinBlock"]
 
 
 def _pad_to_multiple(x: Tensor, window: tuple[int, int]) -> Tensor:
@@ -70,7 +70,12 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         if attn_type == "L":
             self.attn = FocusedLinearAttention(
-                dim, num_heads, num_keys=num_keys, fused_qkv=True, focusing_factor=focusing_factor, kernel_size=kernel_size
+                dim,
+                num_heads,
+                num_keys=num_keys,
+                fused_qkv=True,
+                focusing_factor=focusing_factor,
+                kernel_size=kernel_size,
             )
         else:
             self.attn = WindowAttention(dim, num_heads, window=softmax_window)
@@ -234,7 +239,9 @@ class FlattenSwin(PyramidModel):
             for block in stage.blocks:
                 tokens = self.run_block(block, tokens, grid)
             batch, _, channels = tokens.shape
-            maps.append(tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2))  # B C H W, channels-last view
+            maps.append(
+                tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
+            )  # B C H W, channels-last view
             if stage.downsample is not None and i < last_stage:
                 tokens, grid = stage.downsample(tokens, grid)
         return maps
@@ -249,4 +256,3 @@ class FlattenSwin(PyramidModel):
     def _stage_modules(self, index: int) -> list[nn.Module]:
         modules: list[nn.Module] = [self.layers[index]]
         return modules
-

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from .feature_info import FeatureInfo
 from .layers.nchw_output import to_nchw
 
-__all__ = ["PyramidModel", "STAGE_REDUCTIONS", "init_transformer_weights"]
+__all__ = ["STAGE_REDUCTIONS", "PyramidModel", "init_transformer_weights"]
 
 STAGE_REDUCTIONS = (4, 8, 16, 32)
 
@@ -52,12 +52,17 @@ class PyramidModel(nn.Module):
             out_indices = (len(self.stage_channels) - 1,)
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(not 0 <= i < len(self.stage_channels) for i in out_indices):
-            raise ValueError(f"out_indices {out_indices} must be a non-empty subset of 0..{len(self.stage_channels) - 1}")
+            raise ValueError(
+                f"out_indices {out_indices} must be a non-empty subset of 0..{len(self.stage_channels) - 1}"
+            )
         self.out_indices = out_indices
         self.feature_info = FeatureInfo(tuple(self.stage_channels), STAGE_REDUCTIONS, out_indices)
         if not self.is_classifier:
             self.out_norms = nn.ModuleDict(
-                {str(i): nn.LayerNorm(self.stage_channels[i], eps=norm_eps) if out_norm else nn.Identity() for i in out_indices}
+                {
+                    str(i): nn.LayerNorm(self.stage_channels[i], eps=norm_eps) if out_norm else nn.Identity()
+                    for i in out_indices
+                }
             )
         self.frozen_stages = frozen_stages
         self._freeze_stages()
@@ -153,7 +158,7 @@ class PyramidModel(nn.Module):
             if isinstance(item, nn.Module):
                 item.eval()
 
-    def train(self, mode: bool = True) -> "PyramidModel":
+    def train(self, mode: bool = True) -> PyramidModel:
         """Keep frozen stages in eval mode (dropout/drop path off), as mmdet's backbones do."""
         super().train(mode)
         for item in self._frozen_modules():

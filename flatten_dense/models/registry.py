@@ -13,7 +13,7 @@ from .flatten_pvt import FlattenPVT
 from .flatten_swin import FlattenSwin
 from .pyramid_model import PyramidModel
 
-__all__ = ["MODEL_SPECS", "ModelSpec", "list_models", "create_backbone", "create_classifier", "model_spec"]
+__all__ = ["MODEL_SPECS", "ModelSpec", "create_backbone", "create_classifier", "list_models", "model_spec"]
 
 PVT_DIMS = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4))  # v1 and v2 b1-b4
 
@@ -25,15 +25,29 @@ class ModelSpec:
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "flatten_swin_t": ModelSpec(FlattenSwin, dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2)),
-    "flatten_swin_s": ModelSpec(FlattenSwin, dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3)),
-    "flatten_swin_b": ModelSpec(FlattenSwin, dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)),
+    "flatten_swin_t": ModelSpec(
+        FlattenSwin, dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2)
+    ),
+    "flatten_swin_s": ModelSpec(
+        FlattenSwin, dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3)
+    ),
+    "flatten_swin_b": ModelSpec(
+        FlattenSwin, dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5)
+    ),
     "flatten_pvt_t": ModelSpec(FlattenPVT, dict(version=1, depths=(2, 2, 2, 2), drop_path_rate=0.1, **PVT_DIMS)),
     "flatten_pvt_s": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 4, 6, 3), drop_path_rate=0.1, **PVT_DIMS)),
     "flatten_pvt_m": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 4, 18, 3), drop_path_rate=0.1, **PVT_DIMS)),
     "flatten_pvt_l": ModelSpec(FlattenPVT, dict(version=1, depths=(3, 8, 27, 3), drop_path_rate=0.1, **PVT_DIMS)),
     "flatten_pvt_v2_b0": ModelSpec(
-        FlattenPVT, dict(version=2, embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), depths=(2, 2, 2, 2), drop_path_rate=0.1)
+        FlattenPVT,
+        dict(
+            version=2,
+            embed_dims=(32, 64, 160, 256),
+            num_heads=(1, 2, 5, 8),
+            mlp_ratios=(8, 8, 4, 4),
+            depths=(2, 2, 2, 2),
+            drop_path_rate=0.1,
+        ),
     ),
     "flatten_pvt_v2_b1": ModelSpec(FlattenPVT, dict(version=2, depths=(2, 2, 2, 2), drop_path_rate=0.1, **PVT_DIMS)),
     "flatten_pvt_v2_b2": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 4, 6, 3), drop_path_rate=0.1, **PVT_DIMS)),
@@ -41,7 +55,14 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "flatten_pvt_v2_b4": ModelSpec(FlattenPVT, dict(version=2, depths=(3, 8, 27, 3), drop_path_rate=0.3, **PVT_DIMS)),
     "flatten_pvt_v2_b5": ModelSpec(
         FlattenPVT,
-        dict(version=2, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(4, 4, 4, 4), depths=(3, 6, 40, 3), drop_path_rate=0.3),
+        dict(
+            version=2,
+            embed_dims=(64, 128, 320, 512),
+            num_heads=(1, 2, 5, 8),
+            mlp_ratios=(4, 4, 4, 4),
+            depths=(3, 6, 40, 3),
+            drop_path_rate=0.3,
+        ),
     ),
 }
 
@@ -85,7 +106,13 @@ def create_backbone(
     """
     model = _build(
         name,
-        dict(out_indices=tuple(out_indices), frozen_stages=frozen_stages, drop_path_rate=drop_path_rate, with_cp=with_cp, **kwargs),
+        dict(
+            out_indices=tuple(out_indices),
+            frozen_stages=frozen_stages,
+            drop_path_rate=drop_path_rate,
+            with_cp=with_cp,
+            **kwargs,
+        ),
     )
     if pretrained is not None:
         load_pretrained(model, pretrained)

@@ -146,7 +146,11 @@ class FocusedLinearAttention(nn.Module):
             if self.dwc is not None:
                 local = self._depthwise_conv(v, grid, dtype).view(batch, tokens, heads, head_dim)
                 del v  # and the values
-                out = local.addcmul_(attended, factor) if not torch.is_grad_enabled() else torch.addcmul(local, attended, factor)
+                out = (
+                    local.addcmul_(attended, factor)
+                    if not torch.is_grad_enabled()
+                    else torch.addcmul(local, attended, factor)
+                )
             else:
                 out = attended * factor
             out = out.reshape(batch, tokens, channels)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["focusing_function", "focused_kernel", "focused_kernel_parts"]
+__all__ = ["focused_kernel", "focused_kernel_parts", "focusing_function"]
 
 KERNEL_EPS = 1e-6
 
@@ -32,7 +32,9 @@ def focused_kernel(x: Tensor, scale: Tensor, focusing_factor: float) -> Tensor:
     return focusing_function(x, focusing_factor)
 
 
-def focused_kernel_parts(x: Tensor, scale: Tensor, focusing_factor: float, *, consume: bool = False) -> tuple[Tensor, Tensor]:
+def focused_kernel_parts(
+    x: Tensor, scale: Tensor, focusing_factor: float, *, consume: bool = False
+) -> tuple[Tensor, Tensor]:
     """(x_pow, ratio) with phi(x) = x_pow * ratio; x_pow (B, N, C), ratio (B, N, 1).
 
     Without autograd the work happens in place on one fresh buffer (no other N x C temporaries);

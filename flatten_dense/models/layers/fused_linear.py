@@ -94,7 +94,11 @@ def split_linear(
         weights, biases = [], []
         for layer in layers:
             weights += layer.weight.split(out_features)
-            biases += layer.bias.split(out_features) if layer.bias is not None else [None] * (layer.out_features // out_features)
+            biases += (
+                layer.bias.split(out_features)
+                if layer.bias is not None
+                else [None] * (layer.out_features // out_features)
+            )
         residuals = residuals or [None] * len(weights)
         return [fused_linear(x, w, b, residual=r) for w, b, r in zip(weights, biases, residuals, strict=True)]
     pieces = [piece for layer in layers for piece in F.linear(x, layer.weight, layer.bias).split(out_features, dim=-1)]

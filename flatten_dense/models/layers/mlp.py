@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .fused_linear import fused_linear, in_inference
 
-__all__ = ["Mlp", "DepthwiseConvMlp", "INFERENCE_CHUNK_TOKENS"]
+__all__ = ["INFERENCE_CHUNK_TOKENS", "DepthwiseConvMlp", "Mlp"]
 
 INFERENCE_CHUNK_TOKENS = 4096  # tokens per MLP chunk in inference (row-wise maths: same numbers)
 

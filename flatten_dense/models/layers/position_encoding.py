@@ -91,7 +91,11 @@ class PositionTableResizer:
         dst_grid = (int(dst_grid[0]), int(dst_grid[1]))
         if src_grid == dst_grid:
             return table
-        if (torch.is_grad_enabled() and table.requires_grad) or torch.compiler.is_compiling() or table.device.type != "cpu":
+        if (
+            (torch.is_grad_enabled() and table.requires_grad)
+            or torch.compiler.is_compiling()
+            or table.device.type != "cpu"
+        ):
             # Under torch.compile the resize is part of the graph (a Python cache would break it). On
             # a GPU it is two tiny matmuls, while checking a cached copy would wait for the GPU.
             return resize_position_table(table, src_grid, dst_grid)

@@ -42,6 +42,8 @@ class SpatialReductionAttention(nn.Module):
         if self.sr_ratio > 1:
             x_grid = x.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
             x = self.norm(self.sr(x_grid).flatten(2).transpose(1, 2))  # B n C
-        k, v = (t.reshape(batch, -1, heads, channels // heads).transpose(1, 2) for t in split_linear(x, [self.kv], channels))
+        k, v = (
+            t.reshape(batch, -1, heads, channels // heads).transpose(1, 2) for t in split_linear(x, [self.kv], channels)
+        )
         out = F.scaled_dot_product_attention(q, k, v)  # B h N d
         return project_output(self.proj, self.proj_drop, out.transpose(1, 2).reshape(batch, tokens, channels), residual)

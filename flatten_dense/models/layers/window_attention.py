@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["WindowAttention", "window_partition", "window_reverse", "relative_position_index", "shifted_window_mask"]
+__all__ = ["WindowAttention", "relative_position_index", "shifted_window_mask", "window_partition", "window_reverse"]
 
 MASK_VALUE = -100.0  # as the released Swin models use
 
