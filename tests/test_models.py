@@ -300,3 +300,48 @@ def test_registry_holds_no_duplicate_tables() -> None:
         if key.isupper() and isinstance(value, dict) and key != "MODEL_SPECS"
     ]
     assert all(a is b or a != b for a in tables for b in tables)
+
+
+def _held_tensors(model: torch.nn.Module) -> int:
+    """Tensors that modules keep outside their parameters and buffers (caches), counted."""
+
+    def count(value: object) -> int:
+        if isinstance(value, torch.Tensor):
+            return 1
+        if isinstance(value, dict):
+            return sum(count(v) for v in value.values()) + sum(count(k) for k in value if isinstance(k, torch.Tensor))
+        if isinstance(value, (list, tuple)):
+            return sum(count(v) for v in value)
+        if isinstance(value, (type, torch.nn.Module)) or not hasattr(value, "__dict__"):
+            return 0
+        return count(vars(value))  # plain helper objects, e.g. a position-table resizer
+
+    skip = {"_parameters", "_buffers", "_modules"}
+    return sum(count({k: v for k, v in vars(m).items() if k not in skip}) for m in model.modules())
+
+
+def test_swin_softmax_masks_built_once_per_stage_per_call(monkeypatch) -> None:
+    """Shifted softmax blocks share their stage's mask, made in the call that uses it."""
+    from flatten_dense.models import flatten_swin
+
+    calls: list[tuple] = []
+    real = flatten_swin.shifted_window_mask
+    monkeypatch.setattr(flatten_swin, "shifted_window_mask", lambda *args: calls.append(args) or real(*args))
+    backbone = fd.create_backbone("flatten_swin_t").eval()
+    image = torch.randn(1, 3, 200, 264)  # stage 3: 13 x 17, stage 4: 7 x 9 (both padded)
+    with torch.no_grad():
+        for _ in range(2):
+            calls.clear()
+            backbone(image)
+            assert len(calls) == 4  # stages 3 and 4, one unshifted and one shifted layout each
+
+
+def test_inference_caches_stay_bounded_over_many_sizes() -> None:
+    """Detection sees a new image size at almost every step: nothing cached per size may pile up."""
+    backbone = fd.create_backbone("flatten_swin_t", out_indices=(2,)).eval()
+    held = []
+    with torch.no_grad():
+        for step in range(12):
+            backbone(torch.randn(1, 3, 64 + 32 * step, 96))
+            held.append(_held_tensors(backbone))
+    assert held[-1] == held[-4], held

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
@@ -24,6 +23,7 @@ from .layers import (
     PatchEmbed,
     WindowAttention,
     in_inference,
+    pad_to_multiple,
     shifted_window_mask,
     window_partition,
     window_reverse,
@@ -33,13 +33,12 @@ from .pyramid_model import PyramidModel, init_transformer_weights
 __all__ = ["FlattenSwin", "PatchMerging", "SwinBlock"]
 
 
-def _pad_to_multiple(x: Tensor, window: tuple[int, int]) -> Tensor:
-    """(B, H, W, C) -> zero padded on the bottom/right to multiples of the window."""
-    pad_h = (-x.shape[1]) % window[0]
-    pad_w = (-x.shape[2]) % window[1]
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    return x
+def softmax_shift(grid: tuple[int, int], window: int, shifted: bool) -> tuple[int, int]:
+    """Cyclic shift of a softmax block: half a window along sides longer than the window, else 0."""
+    return (
+        window // 2 if shifted and grid[0] > window else 0,
+        window // 2 if shifted and grid[1] > window else 0,
+    )
 
 
 class SwinBlock(nn.Module):
@@ -82,12 +81,12 @@ class SwinBlock(nn.Module):
         self.drop_path = StochasticDepth(drop_path, "row")
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self._mask_cache: dict[tuple, Tensor | None] = {}
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:  # (B, H*W, C) -> same
+    def forward(self, x: Tensor, grid: tuple[int, int], mask: Tensor | None = None) -> Tensor:  # (B, H*W, C) -> same
+        """`mask`: the stage's softmax mask for this block's shift at this grid (`SwinStage.softmax_masks`)."""
         batch, tokens, channels = x.shape
         attended = self.norm1(x).view(batch, grid[0], grid[1], channels)
-        attended = self._linear(attended) if self.attn_type == "L" else self._softmax(attended)
+        attended = self._linear(attended) if self.attn_type == "L" else self._softmax(attended, mask)
         if not in_inference(self):
             x = x + self.drop_path(attended.reshape(batch, tokens, channels))
             return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -100,7 +99,7 @@ class SwinBlock(nn.Module):
         if self.linear_window is None or (self.linear_window >= height and self.linear_window >= width):
             return self.attn(x.reshape(batch, height * width, channels), (height, width)).view_as(x)
         window = (min(self.linear_window, height), min(self.linear_window, width))
-        padded = _pad_to_multiple(x, window)
+        padded = pad_to_multiple(x, window)
         windows = window_partition(padded, window)  # B*nW, wh*ww, C
         valid = None
         if padded.shape[1:3] != x.shape[1:3]:
@@ -110,34 +109,18 @@ class SwinBlock(nn.Module):
         out = window_reverse(self.attn(windows, window, valid), window, padded.shape[1], padded.shape[2])
         return out[:, :height, :width]
 
-    def _softmax(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> same
+    def _softmax(self, x: Tensor, mask: Tensor | None) -> Tensor:  # (B, H, W, C) -> same
         _, height, width, _ = x.shape
-        size = self.softmax_window
-        window = (size, size)
-        shift = tuple(size // 2 if self.shift and side > size else 0 for side in (height, width))
-        padded = _pad_to_multiple(x, window)
+        window = (self.softmax_window, self.softmax_window)
+        shift = softmax_shift((height, width), self.softmax_window, self.shift)
+        padded = pad_to_multiple(x, window)
         padded_size = (padded.shape[1], padded.shape[2])
         if any(shift):
             padded = torch.roll(padded, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-        mask = self._mask(padded_size, (height, width), shift, x.device)
         out = window_reverse(self.attn(window_partition(padded, window), mask), window, *padded_size)
         if any(shift):
             out = torch.roll(out, shifts=shift, dims=(1, 2))
         return out[:, :height, :width]
-
-    def _mask(self, padded: tuple[int, int], real: tuple[int, int], shift: tuple, device) -> Tensor | None:
-        def build() -> Tensor | None:
-            mask = shifted_window_mask(padded, real, (self.softmax_window,) * 2, shift)
-            return None if mask is None else mask.to(device)
-
-        if torch.compiler.is_compiling():
-            # Traced as constants; a Python cache filled by the first call would fail dynamo's guards
-            # on the next one and recompile the whole backbone.
-            return build()
-        key = (padded, real, shift, device)
-        if key not in self._mask_cache:
-            self._mask_cache[key] = build()
-        return self._mask_cache[key]
 
 
 class PatchMerging(nn.Module):
@@ -150,7 +133,7 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
         batch, _, channels = x.shape
-        x = _pad_to_multiple(x.view(batch, grid[0], grid[1], channels), (2, 2))
+        x = pad_to_multiple(x.view(batch, grid[0], grid[1], channels), (2, 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         new_grid = (x.shape[1], x.shape[2])
         return self.reduction(self.norm(x.reshape(batch, -1, 4 * channels))), new_grid
@@ -163,6 +146,24 @@ class SwinStage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
+
+    def softmax_masks(self, grid: tuple[int, int], device: torch.device) -> dict[bool, Tensor | None]:
+        """{shifted: mask} for this stage's softmax blocks at `grid`, built once per call and shared.
+
+        The mask depends only on the grid and the block's shift, so all blocks of a stage use the
+        same two; building them per call keeps nothing per input size alive (no cache to grow, and
+        nothing for torch.compile to guard on).
+        """
+        first = self.blocks[0]
+        if first.attn_type != "S":
+            return {}
+        size = first.softmax_window
+        padded = (-(-grid[0] // size) * size, -(-grid[1] // size) * size)
+        masks = {}
+        for shifted in {block.shift for block in self.blocks}:
+            mask = shifted_window_mask(padded, grid, (size, size), softmax_shift(grid, size, shifted))
+            masks[shifted] = None if mask is None else mask.to(device)
+        return masks
 
 
 class FlattenSwin(PyramidModel):
@@ -236,8 +237,9 @@ class FlattenSwin(PyramidModel):
         tokens, grid = self.patch_embed(x)  # B N C
         maps = []
         for i, stage in enumerate(self.layers[: last_stage + 1]):
+            masks = stage.softmax_masks(grid, tokens.device)
             for block in stage.blocks:
-                tokens = self.run_block(block, tokens, grid)
+                tokens = self.run_block(block, tokens, grid, masks.get(block.shift))
             batch, _, channels = tokens.shape
             maps.append(
                 tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)

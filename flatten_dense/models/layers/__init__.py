@@ -7,7 +7,13 @@ from .mlp import DepthwiseConvMlp, Mlp
 from .patch_embed import PatchEmbed
 from .position_encoding import PositionTableResizer, resize_position_table
 from .spatial_reduction_attention import SpatialReductionAttention
-from .window_attention import WindowAttention, shifted_window_mask, window_partition, window_reverse
+from .window_attention import (
+    WindowAttention,
+    pad_to_multiple,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 
 __all__ = [
     "DepthwiseConvMlp",
@@ -21,6 +27,7 @@ __all__ = [
     "focusing_function",
     "in_inference",
     "linear_attention_heads",
+    "pad_to_multiple",
     "resize_position_table",
     "shifted_window_mask",
     "window_partition",

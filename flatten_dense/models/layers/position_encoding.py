@@ -2,7 +2,7 @@
 
 The released models store position encodings for the 224 x 224 token grid; dense prediction
 runs on other grids. Tables are resized with bicubic interpolation; in CPU inference (no autograd)
-the result is cached per grid and dropped as soon as the table's values change.
+the result is cached for the last few grids and dropped as soon as the table's values change.
 
 The resize is written as two small matrix products, `rows @ table @ cols.T`, with the weights
 `F.interpolate(mode="bicubic", align_corners=False)` uses: the same numbers (to float rounding),
@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
 
 import torch
 from torch import Tensor
 
 __all__ = ["PositionTableResizer", "bicubic_weights", "resize_position_table", "square_grid"]
 
+MAX_CACHED_GRIDS = 4  # resized copies kept per table (inference): a few recent image sizes
+MAX_CACHED_TABLES = 8  # tables per resizer (PVT's stages share one; a moved table is a new one)
 _CUBIC_A = -0.75  # the cubic convolution coefficient torch (and OpenCV) use
 
 
@@ -83,11 +86,15 @@ class PositionTableResizer:
     """
 
     def __init__(self) -> None:
-        # (table storage, device, dtype) -> (copy of the table when cached, {grid: resized table})
-        self._cache: dict[tuple, tuple[Tensor, dict[tuple[int, int], Tensor]]] = {}
+        # (table storage, device, dtype) -> (copy of the table when cached, {grid: resized table}),
+        # both least recently used first and bounded: detection sees a new grid at almost every image.
+        self._cache: OrderedDict[tuple, tuple[Tensor, OrderedDict[tuple[int, int], Tensor]]] = OrderedDict()
 
-    def __call__(self, table: Tensor, dst_grid: tuple[int, int]) -> Tensor:  # -> (1, H*W, C)
-        src_grid = square_grid(table.shape[1])
+    def __call__(
+        self, table: Tensor, dst_grid: tuple[int, int], src_grid: tuple[int, int] | None = None
+    ) -> Tensor:  # -> (1, H*W, C)
+        """`table` (1, h*w, C) laid out on `src_grid` (default: the square grid) -> on `dst_grid`."""
+        src_grid = square_grid(table.shape[1]) if src_grid is None else (int(src_grid[0]), int(src_grid[1]))
         dst_grid = (int(dst_grid[0]), int(dst_grid[1]))
         if src_grid == dst_grid:
             return table
@@ -104,12 +111,18 @@ class PositionTableResizer:
         # comparison of a few hundred KiB catches every update (an optimiser step, a loaded
         # checkpoint, even a write through `.data`, which a version counter would miss).
         key = (table.data_ptr(), table.device, table.dtype)
-        snapshot, grids = self._cache.get(key, (None, {}))
+        snapshot, grids = self._cache.get(key, (None, OrderedDict()))
         if snapshot is None or snapshot.shape != table.shape or not torch.equal(snapshot, table):
-            grids = {}
+            grids = OrderedDict()
             self._cache[key] = (table.detach().clone(), grids)
+        self._cache.move_to_end(key)
+        while len(self._cache) > MAX_CACHED_TABLES:
+            self._cache.popitem(last=False)
         cached = grids.get(dst_grid)
         if cached is None:
             cached = resize_position_table(table.detach(), src_grid, dst_grid)
             grids[dst_grid] = cached
+            while len(grids) > MAX_CACHED_GRIDS:
+                grids.popitem(last=False)
+        grids.move_to_end(dst_grid)
         return cached

@@ -10,9 +10,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["WindowAttention", "relative_position_index", "shifted_window_mask", "window_partition", "window_reverse"]
+__all__ = [
+    "WindowAttention",
+    "pad_to_multiple",
+    "relative_position_index",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
+]
 
 MASK_VALUE = -100.0  # as the released Swin models use
+
+
+def pad_to_multiple(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """(B, H, W, C) -> zero padded on the bottom/right to multiples of the window (h, w)."""
+    pad_h = (-x.shape[1]) % window[0]
+    pad_w = (-x.shape[2]) % window[1]
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x
 
 
 def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:
