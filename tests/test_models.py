@@ -345,3 +345,27 @@ def test_inference_caches_stay_bounded_over_many_sizes() -> None:
             backbone(torch.randn(1, 3, 64 + 32 * step, 96))
             held.append(_held_tensors(backbone))
     assert held[-1] == held[-4], held
+
+
+FAMILY_EXAMPLES = ["flatten_swin_t", "flatten_pvt_t"]
+
+
+def test_role_options_are_declared_once_in_the_base() -> None:
+    """Families take their architecture; the role options (head or outputs, freezing, checkpointing)
+    are the base's, so they cannot drift apart between families."""
+    import inspect
+
+    from flatten_dense.models.pyramid_model import PyramidModel, PyramidOptions
+
+    role = set(PyramidOptions.__annotations__)
+    assert role == set(inspect.signature(PyramidModel.__init__).parameters) - {"self"}
+    for name in FAMILY_EXAMPLES:
+        family = type(fd.create_backbone(name))
+        assert not role & set(inspect.signature(family.__init__).parameters), family.__name__
+
+
+@pytest.mark.parametrize("name", FAMILY_EXAMPLES)
+@pytest.mark.parametrize("attn_types", ["LLL", "LLXL"])
+def test_bad_attention_types_fail_alike_in_every_family(name: str, attn_types: str) -> None:
+    with pytest.raises(ValueError, match="needs one letter per stage"):
+        fd.create_backbone(name, attn_types=attn_types)

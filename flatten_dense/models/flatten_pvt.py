@@ -10,6 +10,7 @@ softmax spatial-reduction attention with `sr_ratios` instead (the softmax counte
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,10 @@ from .layers import (
     SpatialReductionAttention,
     in_inference,
 )
-from .pyramid_model import PyramidModel, init_transformer_weights
+from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = ["FlattenPVT", "PVTBlock"]
 
@@ -59,10 +63,8 @@ class PVTBlock(nn.Module):
                 focusing_factor=focusing_factor,
                 kernel_size=kernel_size,
             )
-        elif attn_type == "S":
-            self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio=sr_ratio)
         else:
-            raise ValueError(f"attention type must be 'L' (focused linear) or 'S' (softmax), got {attn_type!r}")
+            self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio=sr_ratio)
         self.drop_path = StochasticDepth(drop_path, "row")
         self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
         hidden = int(dim * mlp_ratio)
@@ -94,23 +96,17 @@ class FlattenPVT(PyramidModel):
         drop_path_rate: float = 0.1,
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
-        num_classes: int = 1000,
-        out_indices: Sequence[int] | None = None,
-        frozen_stages: int = -1,
-        with_cp: bool = False,
-        out_norm: bool = True,
+        **options: Unpack[PyramidOptions],
     ) -> None:
-        super().__init__()
+        super().__init__(**options)
         if version not in (1, 2):
             raise ValueError(f"PVT version must be 1 or 2, got {version}")
-        if len(attn_types) != len(depths):
-            raise ValueError(f"attn_types {attn_types!r} needs one letter per stage ({len(depths)})")
+        check_attn_types(attn_types, depths)
         self.version = version
         self.num_stages = len(depths)
         self.stage_channels = tuple(embed_dims)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self._resize_position = PositionTableResizer()
-        for i, depth in enumerate(depths):
+        for i, rates in enumerate(stage_drop_path_rates(depths, drop_path_rate)):
             in_channels = 3 if i == 0 else embed_dims[i - 1]
             grid_side = pretrain_image_size // 4 // 2**i
             if version == 1:
@@ -130,29 +126,21 @@ class FlattenPVT(PyramidModel):
                     num_keys=grid_side**2,
                     sr_ratio=sr_ratios[i],
                     mlp_ratio=mlp_ratios[i],
-                    drop_path=rates[sum(depths[:i]) + j],
+                    drop_path=rate,
                     conv_mlp=version == 2,
                     focusing_factor=focusing_factor,
                     kernel_size=kernel_size,
                 )
-                for j in range(depth)
+                for rate in rates
             ]
             setattr(self, f"block{i + 1}", nn.ModuleList(blocks))
             if version == 2:
                 setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=NORM_EPS))
-        if version == 1 and out_indices is None:
+        if version == 1 and self.is_classifier:
             # Stored in the released v1 checkpoints but not applied by their classifier.
             self.norm = nn.LayerNorm(embed_dims[-1], eps=NORM_EPS)
-        self.apply(init_transformer_weights)
-        self._init_role(
-            num_classes=num_classes,
-            out_indices=out_indices,
-            frozen_stages=frozen_stages,
-            with_cp=with_cp,
-            out_norm=out_norm and version == 1,  # v2's stage norms already close every output
-            num_features=embed_dims[-1],
-            norm_eps=NORM_EPS,
-        )
+        self.out_norm = self.out_norm and version == 1  # v2's stage norms already close every output
+        self._finish_init(norm_eps=NORM_EPS)
 
     def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
         maps = []
@@ -164,8 +152,7 @@ class FlattenPVT(PyramidModel):
                 tokens = self.run_block(block, tokens, grid)
             if self.version == 2:
                 tokens = getattr(self, f"norm{i + 1}")(tokens)
-            batch, _, channels = tokens.shape
-            x = tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)  # B C H W, channels-last view
+            x = tokens_as_map(tokens, grid)  # B C H W, channels-last view
             maps.append(x)
         return maps
 

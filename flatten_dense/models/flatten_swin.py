@@ -12,6 +12,7 @@ softmax attention with relative position bias and correct masks for shifts and p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,10 @@ from .layers import (
     window_partition,
     window_reverse,
 )
-from .pyramid_model import PyramidModel, init_transformer_weights
+from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = ["FlattenSwin", "PatchMerging", "SwinBlock"]
 
@@ -60,8 +64,6 @@ class SwinBlock(nn.Module):
         kernel_size: int,
     ) -> None:
         super().__init__()
-        if attn_type not in ("L", "S"):
-            raise ValueError(f"attention type must be 'L' (focused linear) or 'S' (softmax), got {attn_type!r}")
         self.attn_type = attn_type
         self.linear_window = linear_window
         self.softmax_window = softmax_window
@@ -167,7 +169,11 @@ class SwinStage(nn.Module):
 
 
 class FlattenSwin(PyramidModel):
-    """FLatten-Swin. Classifier role when `out_indices` is None, else a backbone of NCHW maps."""
+    """FLatten-Swin. Classifier role when `out_indices` is None, else a backbone of NCHW maps.
+
+    `pretrain_image_size` and `pretrain_linear_window` fix the position tables' grids (the released
+    files'); `linear_window` (None: global) and `softmax_window` are the windows the stages run.
+    """
 
     def __init__(
         self,
@@ -184,20 +190,14 @@ class FlattenSwin(PyramidModel):
         drop_path_rate: float = 0.2,
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
-        num_classes: int = 1000,
-        out_indices: Sequence[int] | None = None,
-        frozen_stages: int = -1,
-        with_cp: bool = False,
-        out_norm: bool = True,
+        **options: Unpack[PyramidOptions],
     ) -> None:
-        super().__init__()
-        if len(attn_types) != len(depths):
-            raise ValueError(f"attn_types {attn_types!r} needs one letter per stage ({len(depths)})")
+        super().__init__(**options)
+        check_attn_types(attn_types, depths)
         self.stage_channels = tuple(embed_dim * 2**i for i in range(len(depths)))
         self.patch_embed = PatchEmbed(3, embed_dim, kernel=4, stride=4)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages = []
-        for i, depth in enumerate(depths):
+        for i, rates in enumerate(stage_drop_path_rates(depths, drop_path_rate)):
             dim = self.stage_channels[i]
             pretrain_grid = pretrain_image_size // 4 // 2**i
             num_keys = min(pretrain_grid, pretrain_linear_window) ** 2
@@ -211,27 +211,18 @@ class FlattenSwin(PyramidModel):
                     softmax_window=softmax_window,
                     shift=j % 2 == 1,
                     mlp_ratio=mlp_ratio,
-                    drop_path=rates[sum(depths[:i]) + j],
+                    drop_path=rate,
                     focusing_factor=focusing_factor,
                     kernel_size=kernel_size,
                 )
-                for j in range(depth)
+                for j, rate in enumerate(rates)
             ]
             downsample = PatchMerging(dim) if i < len(depths) - 1 else None
             stages.append(SwinStage(blocks, downsample))
         self.layers = nn.ModuleList(stages)
-        if out_indices is None:
+        if self.is_classifier:
             self.norm = nn.LayerNorm(self.stage_channels[-1])
-        self.apply(init_transformer_weights)
-        self._init_role(
-            num_classes=num_classes,
-            out_indices=out_indices,
-            frozen_stages=frozen_stages,
-            with_cp=with_cp,
-            out_norm=out_norm,
-            num_features=self.stage_channels[-1],
-            norm_eps=1e-5,
-        )
+        self._finish_init(norm_eps=1e-5)
 
     def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
         tokens, grid = self.patch_embed(x)  # B N C
@@ -240,10 +231,7 @@ class FlattenSwin(PyramidModel):
             masks = stage.softmax_masks(grid, tokens.device)
             for block in stage.blocks:
                 tokens = self.run_block(block, tokens, grid, masks.get(block.shift))
-            batch, _, channels = tokens.shape
-            maps.append(
-                tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
-            )  # B C H W, channels-last view
+            maps.append(tokens_as_map(tokens, grid))  # B C H W, channels-last view
             if stage.downsample is not None and i < last_stage:
                 tokens, grid = stage.downsample(tokens, grid)
         return maps

@@ -1,14 +1,17 @@
-"""Behaviour shared by both FLatten families: classifier vs backbone role, freezing, checkpointing.
+"""Behaviour shared by the FLatten families: classifier vs backbone role, freezing, checkpointing.
 
-A family subclass builds its layers, then calls `_init_role`. It implements `_stage_maps` (NCHW-shaped
-outputs of stages 0..last, before output norms; channels-last views of the stage tokens, so no
-copy is made until an output is emitted as a contiguous NCHW map), `_classifier_tokens` and the module lists for
-freezing. In the classifier role the model's key names equal the released checkpoints'.
+A family's constructor takes its architecture arguments plus the role options of `PyramidOptions`,
+which it hands to `PyramidModel.__init__`; it builds its layers (the final `norm` only when
+`self.is_classifier`), then calls `_finish_init`. It implements `_stage_maps` (NCHW-shaped outputs of
+stages 0..last, before output norms; channels-last views of the stage tokens, so no copy is made
+until an output is emitted as a contiguous NCHW map), `_classifier_features` and the module lists
+for freezing. In the classifier role the model's key names equal the released checkpoints'.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -17,54 +20,76 @@ from torch.utils.checkpoint import checkpoint
 from .feature_info import FeatureInfo
 from .layers.nchw_output import to_nchw
 
-__all__ = ["STAGE_REDUCTIONS", "PyramidModel", "init_transformer_weights"]
+__all__ = [
+    "STAGE_REDUCTIONS",
+    "PyramidModel",
+    "PyramidOptions",
+    "check_attn_types",
+    "init_transformer_weights",
+    "stage_drop_path_rates",
+    "tokens_as_map",
+]
 
 STAGE_REDUCTIONS = (4, 8, 16, 32)
 
 
+class PyramidOptions(TypedDict, total=False):
+    """The role options every family takes besides its architecture (see `PyramidModel.__init__`)."""
+
+    num_classes: int
+    out_indices: Sequence[int] | None
+    frozen_stages: int
+    with_cp: bool
+    out_norm: bool
+
+
 class PyramidModel(nn.Module):
-    """Base of FlattenSwin and FlattenPVT. `forward` gives logits (classifier) or NCHW maps (backbone)."""
+    """Base of the families. `forward` gives logits (classifier) or NCHW maps (backbone)."""
 
     stage_channels: tuple[int, ...]
     grad_checkpointing: bool = False
 
-    def _init_role(
+    def __init__(
         self,
         *,
-        num_classes: int,
-        out_indices: Sequence[int] | None,
-        frozen_stages: int,
-        with_cp: bool,
-        out_norm: bool,
-        num_features: int,
-        norm_eps: float,
+        num_classes: int = 1000,
+        out_indices: Sequence[int] | None = None,
+        frozen_stages: int = -1,
+        with_cp: bool = False,
+        out_norm: bool = True,
     ) -> None:
-        """Classifier (out_indices None): a `head` (the family adds its final norm, if it has one).
-
-        Backbone: per-output norms `out_norms` (Identity when `out_norm` is False).
-        """
-        self.grad_checkpointing = with_cp
+        """Classifier when `out_indices` is None (`num_classes` logits), else a backbone returning the
+        maps of those stages, each through its own LayerNorm unless `out_norm` is False. Stem and the
+        first `frozen_stages` stages are frozen and kept in eval mode; `with_cp` checkpoints every
+        block's activations in training."""
+        super().__init__()
         self.is_classifier = out_indices is None
+        self.num_classes = num_classes
+        self._requested_out_indices = None if out_indices is None else tuple(int(i) for i in out_indices)
+        self.frozen_stages = frozen_stages
+        self.grad_checkpointing = with_cp
+        self.out_norm = out_norm
+
+    def _finish_init(self, *, norm_eps: float) -> None:
+        """After the family built its layers: weights initialised, then the head or the output norms,
+        `feature_info` and the frozen stages."""
+        self.apply(init_transformer_weights)
+        last = len(self.stage_channels) - 1
         if self.is_classifier:
-            self.num_classes = num_classes
-            self.head = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.head = nn.Linear(self.stage_channels[-1], self.num_classes) if self.num_classes > 0 else nn.Identity()
             self.head.apply(init_transformer_weights)
-            out_indices = (len(self.stage_channels) - 1,)
-        out_indices = tuple(int(i) for i in out_indices)
-        if not out_indices or any(not 0 <= i < len(self.stage_channels) for i in out_indices):
-            raise ValueError(
-                f"out_indices {out_indices} must be a non-empty subset of 0..{len(self.stage_channels) - 1}"
-            )
+        out_indices = (last,) if self.is_classifier else self._requested_out_indices
+        if not out_indices or any(not 0 <= i <= last for i in out_indices):
+            raise ValueError(f"out_indices {out_indices} must be a non-empty subset of 0..{last}")
         self.out_indices = out_indices
         self.feature_info = FeatureInfo(tuple(self.stage_channels), STAGE_REDUCTIONS, out_indices)
         if not self.is_classifier:
             self.out_norms = nn.ModuleDict(
                 {
-                    str(i): nn.LayerNorm(self.stage_channels[i], eps=norm_eps) if out_norm else nn.Identity()
+                    str(i): nn.LayerNorm(self.stage_channels[i], eps=norm_eps) if self.out_norm else nn.Identity()
                     for i in out_indices
                 }
             )
-        self.frozen_stages = frozen_stages
         self._freeze_stages()
 
     # ----- what a family provides -----
@@ -165,6 +190,27 @@ class PyramidModel(nn.Module):
             if isinstance(item, nn.Module):
                 item.eval()
         return self
+
+
+def check_attn_types(attn_types: str, depths: Sequence[int]) -> None:
+    """One attention letter per stage: "L" focused linear, "S" the family's softmax attention."""
+    if len(attn_types) != len(depths) or set(attn_types) - {"L", "S"}:
+        raise ValueError(
+            f"attn_types {attn_types!r} needs one letter per stage ({len(depths)}): "
+            "'L' (focused linear) or 'S' (softmax)"
+        )
+
+
+def stage_drop_path_rates(depths: Sequence[int], drop_path_rate: float) -> list[list[float]]:
+    """Per stage, the drop-path rate of each block: rising linearly from 0 over all blocks."""
+    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    return [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(len(depths))]
+
+
+def tokens_as_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) map: a channels-last view, no copy."""
+    batch, _, channels = tokens.shape
+    return tokens.view(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
 
 
 def init_transformer_weights(module: nn.Module) -> None:
