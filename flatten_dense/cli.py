@@ -1,7 +1,8 @@
 """`flatten-dense train|test|infer|benchmark|demo`; the scripts in tools/ call the same functions.
 
-User errors (config keys, missing files, checkpoints that do not fit, unreadable images) are
-printed as one line; set FLATTEN_DENSE_DEBUG=1 to see the traceback instead.
+Every error is printed as one line (exit code 2 for a mistake in the input: config, files,
+checkpoints, images; 1 for anything else); set FLATTEN_DENSE_DEBUG=1 to see the original
+traceback instead. `key=value` overrides may stand anywhere on the command line.
 """
 
 from __future__ import annotations
@@ -9,85 +10,137 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from flatten_dense.config import ConfigError
-from flatten_dense.cpu_allocator import tune_cpu_allocator
+from flatten_dense.core.config import ConfigError
+from flatten_dense.core.cpu_allocator import tune_cpu_allocator
 from flatten_dense.models.checkpoint import CheckpointMismatchError
+from flatten_dense.tasks import TASKS
 
 __all__ = ["main", "run_command"]
 
-USER_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, ValueError)
+USER_ERRORS = (ConfigError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError, ValueError)
+SUMMARY = __doc__.splitlines()[0]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatten-dense", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train from a YAML config")
-    train.add_argument("config")
-    train.add_argument("overrides", nargs="*", help="key=value config overrides; resume=PATH|auto|none")
-
-    test = commands.add_parser("test", help="evaluate a checkpoint: metrics table + metrics.json")
-    test.add_argument("config")
-    test.add_argument("checkpoint")
-    test.add_argument("overrides", nargs="*", help="key=value config overrides")
-    test.add_argument("--results-json", help="also write COCO-format detection results here")
-    test.add_argument("--aug-test", action="store_true", help="segmentation: multi-scale + flip test")
-
-    infer = commands.add_parser("infer", help="draw predictions on images")
-    infer.add_argument("config")
-    infer.add_argument("checkpoint")
-    infer.add_argument("inputs", nargs="+", help="image files (and key=value overrides)")
-    infer.add_argument("--out", required=True, help="folder for the PNG drawings")
-    infer.add_argument("--score-threshold", type=float, default=0.5)
-
-    commands.add_parser("benchmark", help="speed and memory (see flatten-dense benchmark --help)", add_help=False)
-    demo = commands.add_parser("demo", help="train, evaluate and draw on built-in synthetic data")
-    demo.add_argument("--task", choices=("detection", "segmentation"), default="detection")
-    demo.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, metrics and pictures")
-    demo.add_argument("--config", help="another model config for the task's synthetic data (its run folder is named after it)")
+def _train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatten-dense train", description="train from a YAML config")
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides; resume=PATH|auto|none")
     return parser
 
 
+def _test_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatten-dense test", description="evaluate a checkpoint: metrics table + metrics.json")
+    parser.add_argument("config")
+    parser.add_argument("checkpoint")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser.add_argument(
+        "--results-prefix", help="detection: also write COCO-format results to PREFIX.bbox.json (and PREFIX.segm.json)"
+    )
+    parser.add_argument("--aug-test", action="store_true", help="the override evaluation.aug_test=true (multi-scale + flip)")
+    return parser
+
+
+def _infer_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatten-dense infer", description="draw predictions on images")
+    parser.add_argument("config")
+    parser.add_argument("checkpoint")
+    parser.add_argument("inputs", nargs="+", help="image files or folders of images, and key=value overrides")
+    parser.add_argument("--out", required=True, help="folder for the PNG drawings")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="detections drawn from this score up")
+    return parser
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flatten-dense demo", description="train, evaluate and draw on built-in synthetic data")
+    parser.add_argument("--task", choices=tuple(TASKS), default="detection")
+    parser.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, metrics and pictures")
+    parser.add_argument(
+        "--config", help="another model config for the task's synthetic data (its run folder is named after it)"
+    )
+    return parser
+
+
+def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(overrides, other positionals): an override is any `key=value` item."""
+    return [i for i in items if "=" in i], [i for i in items if "=" not in i]
+
+
+def _train(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.train import train
+
+    return train(args.config, args.overrides)
+
+
+def _test(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.test import test
+
+    return test(args.config, args.checkpoint, args.overrides, results_prefix=args.results_prefix, aug_test=args.aug_test)
+
+
+def _infer(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.infer import infer
+
+    overrides, images = _split(args.inputs)
+    return infer(args.config, args.checkpoint, images, out_dir=args.out, overrides=overrides, score_threshold=args.score_threshold)
+
+
+def _demo(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.demo import demo
+
+    return demo(task=args.task, out_dir=args.out, config=args.config)
+
+
+COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], object]]] = {
+    "train": (_train_parser, _train),
+    "test": (_test_parser, _test),
+    "infer": (_infer_parser, _infer),
+    "demo": (_demo_parser, _demo),
+}
+
+
+def _usage() -> str:
+    names = "|".join([*COMMANDS, "benchmark"])
+    return f"usage: flatten-dense {{{names}}} ...\n\n{SUMMARY}\n(flatten-dense COMMAND --help for each command)"
+
+
 def run_command(argv: Sequence[str]) -> object:
-    """Parse and run one command; raises user errors (main() prints them)."""
+    """Parse and run one command; raises its errors (main() prints them)."""
     argv = list(argv)
-    if argv and argv[0] == "benchmark":  # tunes the allocator itself unless --no-allocator-tuning
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        if not argv:
+            raise SystemExit(2)
+        return None
+    command, rest = argv[0], argv[1:]
+    if command == "benchmark":  # tunes the allocator itself unless --no-allocator-tuning
         from flatten_dense.benchmark import main as benchmark_main
 
-        return benchmark_main(argv[1:])
+        return benchmark_main(rest)
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command {command!r}; choose one of {', '.join([*COMMANDS, 'benchmark'])}")
+    make_parser, handler = COMMANDS[command]
+    args = make_parser().parse_intermixed_args(rest)  # overrides may follow options
     tune_cpu_allocator()  # large tensors reuse freed memory instead of page-faulting (FLATTEN_DENSE_MALLOC_TUNING=0: off)
-    args = _parser().parse_args(argv)
-    if args.command == "train":
-        from flatten_dense.commands.train import train
+    return handler(args)
 
-        return train(args.config, args.overrides)
-    if args.command == "test":
-        from flatten_dense.commands.test import test
 
-        return test(args.config, args.checkpoint, args.overrides, results_json=args.results_json, aug_test=args.aug_test)
-    if args.command == "infer":
-        from flatten_dense.commands.infer import infer
-
-        overrides = [item for item in args.inputs if "=" in item]
-        images = [item for item in args.inputs if "=" not in item]
-        return infer(args.config, args.checkpoint, images, out_dir=args.out, overrides=overrides, score_threshold=args.score_threshold)
-    if args.command == "demo":
-        from flatten_dense.commands.demo import demo
-
-        return demo(task=args.task, out_dir=args.out, config=args.config)
-    raise AssertionError(args.command)
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, USER_ERRORS) else f"{type(error).__name__}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_command(sys.argv[1:] if argv is None else argv)
-    except USER_ERRORS as error:
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as error:
         if os.environ.get("FLATTEN_DENSE_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2 if isinstance(error, USER_ERRORS) else 1
     return 0
 
 

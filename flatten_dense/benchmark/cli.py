@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..cpu_allocator import tune_cpu_allocator
+from flatten_dense.core.cpu_allocator import tune_cpu_allocator
 from .flops import matmul_flops_per_second
 from .measure import MeasureOptions
 from .report import compare_ratios, format_ratios, format_table, plot_scaling

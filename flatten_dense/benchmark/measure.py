@@ -28,7 +28,7 @@ import psutil
 import torch
 from torch import Tensor, nn
 
-from ..cpu_allocator import tune_cpu_allocator
+from flatten_dense.core.cpu_allocator import tune_cpu_allocator
 from .flops import count_flops
 from .tensor_memory import peak_tensor_bytes
 from .targets import build_target
@@ -45,7 +45,7 @@ class MeasureOptions:
     compile: bool = False
     channels_last: bool = False
     train: bool = True
-    tuned_allocator: bool = True  # glibc keeps freed memory (flatten_dense.cpu_allocator), as the tools run
+    tuned_allocator: bool = True  # glibc keeps freed memory (flatten_dense.core.cpu_allocator), as the tools run
 
 
 def _maxrss_bytes() -> int:

@@ -4,7 +4,7 @@ A target is named by a string so that a fresh worker process can rebuild it:
     "flatten_pvt_t"                  a registered FLatten backbone (all four outputs)
     "softmax:flatten_pvt_t"          our PVT with softmax spatial-reduction attention (SSSS, sr 8,4,2,1)
     "torchvision:swin_t"             torchvision's Swin backbone part (`features` + `norm`, weights=None)
-    "config:PATH[|key=value|...]"   a detector or segmentor built by `model_builder.build_model`
+    "config:PATH[|key=value|...]"   a detector or segmentor built by `commands.build.build_network`
 """
 
 from __future__ import annotations
@@ -98,23 +98,20 @@ def _torchvision_swin(variant: str) -> nn.Module:
 
 
 def _config_model(spec: str) -> Target:
-    path, *overrides = spec.split(":", 1)[1].split("|")
-    try:
-        from flatten_dense.model_builder import build_model
-    except ImportError as error:
-        raise RuntimeError(
-            f"--config needs flatten_dense.model_builder.build_model, which is not available ({error})"
-        ) from None
-    from flatten_dense.config import load_config
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    cfg = load_config(path, overrides)
-    model = build_model(cfg)
-    if cfg.get("task") != "detection":
-        return Target(model)
-    num_classes = cfg.get("model", {}).get("num_classes")
+    from flatten_dense.commands.build import build_network, load_run
+
+    path, *overrides = spec.split(":", 1)[1].split("|")
+    run = load_run(path, overrides, create_run_dir=False)
+    num_classes = run.cfg.get("model", {}).get("num_classes")
     if num_classes is None:
         raise ValueError(f"{path}: model.num_classes is not set (pass --override model.num_classes=N)")
-    return Target(model, list_input=True, num_classes=int(num_classes))
+    model = build_network(run, num_classes=int(num_classes))
+    # torchvision's detectors take lists of images and need targets to train
+    if isinstance(getattr(model, "transform", None), GeneralizedRCNNTransform):
+        return Target(model, list_input=True, num_classes=int(num_classes))
+    return Target(model)
 
 
 def build_target(spec: str) -> Target:

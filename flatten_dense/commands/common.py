@@ -1,4 +1,4 @@
-"""Helpers the commands share: config loading, run directories, JSON and table output."""
+"""Helpers the commands share: run-level options, JSON and table output, input files."""
 
 from __future__ import annotations
 
@@ -8,20 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from flatten_dense.core.config import ConfigError
 
-from flatten_dense.config import ConfigError, check_config, load_config, resolve_run_dir
-
-__all__ = ["load_run_config", "write_json", "format_table", "pop_option"]
-
-
-def load_run_config(config: str | Path, overrides: Sequence[str]) -> tuple[DictConfig, Path]:
-    """Load and check a config; return it with its run directory (created)."""
-    cfg = load_config(config, list(overrides))
-    check_config(cfg, source=str(config))
-    run_dir = resolve_run_dir(cfg, config_path=config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg, run_dir
+__all__ = ["format_table", "pop_option", "require_file", "write_json"]
 
 
 def pop_option(overrides: list[str], key: str) -> tuple[str | None, list[str]]:

@@ -1,65 +1,64 @@
-"""`flatten-dense infer CONFIG CHECKPOINT IMAGE... --out DIR [--score-threshold 0.5]`.
+"""`flatten-dense infer CONFIG CHECKPOINT IMAGE|DIR... [key=value ...] --out DIR [--score-threshold 0.5]`.
 
-Draws predictions on each image and writes DIR/<image stem>.png. Class names come from the
-checkpoint, so the dataset need not be present.
+Builds the task from the config and its overrides (e.g. `model.box_score_thresh=0.9`,
+`evaluation.mode=slide`) exactly as `test` does, loads the checkpoint's weights, and writes
+DIR/<image stem>.png for each image (a folder stands for the images in it). Class names and
+the class count come from the checkpoint, so the dataset need not be present.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from torchvision.io import write_png
 
-from flatten_dense.config import ConfigError
-from flatten_dense.data.image_io import read_rgb_image
-from flatten_dense.factory import task_class
-from flatten_dense.models.checkpoint import load_weights
+from flatten_dense.commands.build import load_run, task_from_checkpoint
+from flatten_dense.core.config import ConfigError
+from flatten_dense.core.image_io import IMAGE_SUFFIXES, read_rgb_image, write_png
 
-from .common import load_run_config, require_file
+__all__ = ["expand_images", "infer"]
 
-__all__ = ["infer", "task_from_checkpoint"]
-
-
-def task_from_checkpoint(task: str, checkpoint: Path):
-    """Rebuild the task from the hyper-parameters saved in its checkpoint, then load its weights."""
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams: dict[str, Any] = dict(payload.get("hyper_parameters") or {})
-    if "model" not in hparams:
-        raise ConfigError(f"{checkpoint} is not a flatten-dense training checkpoint (no saved hyper-parameters)")
-    model = dict(hparams["model"])
-    model["backbone"] = {k: v for k, v in dict(model["backbone"]).items() if k != "pretrained"}
-    hparams["model"] = model
-    module = task_class(task)(**hparams)
-    load_weights(module, checkpoint)
-    return module.eval()
+def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files as given, and the image files (sorted) of each folder given."""
+    images: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {item}")
+            images += found
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise ConfigError(f"image not found: {item}")
+    if not images:
+        raise ConfigError("give at least one image (or a folder of images) to draw predictions on")
+    return images
 
 
 def infer(
     config: str | Path,
     checkpoint: str | Path,
-    images: list[str | Path],
+    images: Sequence[str | Path],
     *,
     out_dir: str | Path,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     score_threshold: float = 0.5,
 ) -> list[Path]:
-    """Predict on image files and save drawings; returns the written paths."""
-    checkpoint = require_file(checkpoint, "checkpoint")
-    if not images:
-        raise ConfigError("give at least one image to draw predictions on")
-    cfg, _ = load_run_config(config, overrides)
-    task = task_from_checkpoint(cfg.get("task"), checkpoint)
+    """Predict on image files (or folders of them) and save drawings; returns the written paths."""
+    run = load_run(config, overrides, create_run_dir=False)
+    paths = expand_images(images)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder")
+    task = task_from_checkpoint(run, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in map(Path, images):
-        image = read_rgb_image(path)  # uint8 3 H W
-        with torch.no_grad():
-            drawing = task.draw(image, score_threshold=score_threshold)
-        target = out_dir / f"{path.stem}.png"
-        write_png(drawing, str(target))
-        written.append(target)
-        print(f"wrote {target}")
+    with torch.no_grad():
+        for path in paths:
+            image = read_rgb_image(path).float().div(255)  # 3 H W in [0, 1], the models' input
+            target = write_png(run.spec.draw(task, image, score_threshold), out_dir / f"{path.stem}.png")
+            written.append(target)
+            print(f"wrote {target}")
     return written

@@ -1,24 +1,22 @@
-"""`flatten-dense test CONFIG CHECKPOINT [key=value ...] [--results-json PATH] [--aug-test]`.
+"""`flatten-dense test CONFIG CHECKPOINT [key=value ...] [--results-prefix PREFIX] [--aug-test]`.
 
-Prints the metrics table and writes RUN_DIR/metrics.json (and, on request, COCO-format results
-with the dataset's category ids).
+Prints the metrics table and writes RUN_DIR/metrics.json; for detection, `--results-prefix`
+also writes COCO-format result files (PREFIX.bbox.json, PREFIX.segm.json) with the dataset's
+category ids. `--aug-test` is the override `evaluation.aug_test=true`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from flatten_dense.config import ConfigError
-from flatten_dense.factory import build_datamodule, build_task, build_trainer
-from flatten_dense.models.checkpoint import load_weights
+from flatten_dense.commands.build import build_datamodule, build_trainer, load_run, load_task_weights, task_for_data
+from flatten_dense.commands.common import format_table, require_file, write_json
+from flatten_dense.core.config import ConfigError
 
-from .common import format_table, load_run_config, require_file, write_json
-
-__all__ = ["test", "metrics_report"]
+__all__ = ["metrics_report", "test"]
 
 
 def metrics_report(summary: dict[str, Any]) -> str:
@@ -37,25 +35,26 @@ def test(
     checkpoint: str | Path,
     overrides: list[str] = (),
     *,
-    results_json: str | Path | None = None,
+    results_prefix: str | Path | None = None,
     aug_test: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the config's test split; returns {'metrics': ..., 'per_class': ...}."""
     checkpoint = require_file(checkpoint, "checkpoint")
-    cfg, run_dir = load_run_config(config, overrides)
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    datamodule = build_datamodule(cfg)
-    task = build_task(cfg, datamodule, load_pretrained=False)
-    load_weights(task, checkpoint)
+    run = load_run(config, overrides)
     if aug_test:
-        if not hasattr(task, "aug_test"):
-            raise ConfigError("--aug-test applies to segmentation configs only")
-        task.aug_test = True
-    if results_json is not None:
-        if not hasattr(task, "export_results"):
-            raise ConfigError("--results-json applies to detection configs only")
-        task.export_results = True
-    trainer = build_trainer(cfg, run_dir, task, evaluation=True)
+        if "evaluation" not in run.spec.sections:
+            raise ConfigError(f"--aug-test needs a config with an 'evaluation' section; {run.task_name} has none")
+        run = load_run(config, [*overrides, "+evaluation.aug_test=true"])
+    callbacks = []
+    if results_prefix is not None:
+        if run.spec.results_writer is None:
+            raise ConfigError(f"--results-prefix applies to configs whose task writes result files, not {run.task_name}")
+        callbacks.append(run.spec.results_writer(results_prefix))
+    L.seed_everything(int(run.cfg.get("seed", 0)), workers=True)
+    datamodule = build_datamodule(run)
+    task = task_for_data(run, datamodule, load_pretrained=False)
+    load_task_weights(run, task, checkpoint)
+    trainer = build_trainer(run, evaluation=True, callbacks=callbacks)
     logged = trainer.test(task, datamodule=datamodule, verbose=False)
     # The logged metrics come back from spawned processes too; per-class rows exist in-process only.
     summary = {
@@ -64,12 +63,10 @@ def test(
         "metrics": {name: float(value) for name, value in logged[0].items()},
         "per_class": task.test_summary.get("per_class", []),
     }
+    if callbacks:
+        summary["results"] = {iou_type: str(path) for iou_type, path in callbacks[0].written.items()}
     if trainer.is_global_zero:
         print(metrics_report(summary))
-        write_json(run_dir / "metrics.json", summary)
-        print(f"\nmetrics written to {run_dir / 'metrics.json'}")
-        if results_json is not None:
-            Path(results_json).parent.mkdir(parents=True, exist_ok=True)
-            Path(results_json).write_text(json.dumps(task.results))
-            print(f"{len(task.results)} COCO-format results written to {results_json}")
+        write_json(run.run_dir / "metrics.json", summary)
+        print(f"\nmetrics written to {run.run_dir / 'metrics.json'}")
     return summary

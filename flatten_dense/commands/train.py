@@ -8,10 +8,9 @@ from pathlib import Path
 import lightning as L
 from omegaconf import OmegaConf
 
-from flatten_dense.config import ConfigError
-from flatten_dense.factory import build_datamodule, build_task, build_trainer
-
-from .common import load_run_config, pop_option, write_json
+from flatten_dense.commands.build import build_datamodule, build_trainer, load_run, task_for_data
+from flatten_dense.commands.common import pop_option, write_json
+from flatten_dense.core.config import ConfigError
 
 __all__ = ["train"]
 
@@ -36,17 +35,17 @@ def _resume_path(resume: str | None, run_dir: Path) -> str | None:
 def train(config: str | Path, overrides: list[str] = ()) -> dict[str, float]:
     """Train from a config; returns the final logged metrics (also in RUN_DIR/train_metrics.json)."""
     resume, overrides = pop_option(list(overrides), "resume")
-    cfg, run_dir = load_run_config(config, overrides)
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    datamodule = build_datamodule(cfg)
-    task = build_task(cfg, datamodule)
-    trainer = build_trainer(cfg, run_dir, task)
-    ckpt_path = _resume_path(resume, run_dir)
+    run = load_run(config, overrides)
+    L.seed_everything(int(run.cfg.get("seed", 0)), workers=True)
+    datamodule = build_datamodule(run)
+    task = task_for_data(run, datamodule)
+    trainer = build_trainer(run)
+    ckpt_path = _resume_path(resume, run.run_dir)
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, run_dir / "config.yaml")
+        OmegaConf.save(run.cfg, run.run_dir / "config.yaml")
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if trainer.is_global_zero:
-        write_json(run_dir / "train_metrics.json", {"metrics": metrics, "best_checkpoint": best})
+        write_json(run.run_dir / "train_metrics.json", {"metrics": metrics, "best_checkpoint": best})
     return metrics

@@ -20,12 +20,12 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from flatten_dense.models import create_backbone
-from flatten_dense.necks import BackboneWithFPN
+from flatten_dense.detection.fpn import BackboneWithFPN
 
 from .cascade_roi_heads import CascadeRoIHeads, CascadeStage
 from .input_transform import InferenceResizeTransform
 
-__all__ = ["DETECTORS", "build_detector", "detector_options", "list_detectors"]
+__all__ = ["DETECTORS", "build_detector", "detector_has_masks", "detector_options", "list_detectors"]
 
 RCNN_LEVELS = (0, 1, 2, 3)  # P2-P5 (+ max-pool P6)
 SINGLE_STAGE_LEVELS = (1, 2, 3)  # P3-P5 (+ P6, P7)
@@ -113,11 +113,19 @@ SET_BY_BUILDER = {"self", "backbone", "num_classes", "kwargs", "box_head", "box_
                   "min_size", "max_size", "image_mean", "image_std"}
 # The cascade sets IoU thresholds and box coders per stage instead of torchvision's single values.
 CASCADE_OPTIONS = {"stage_iou_thresholds", "stage_loss_weights"}
-REPLACED_BY_CASCADE = {"box_fg_iou_thresh", "box_bg_iou_thresh", "box_reg_weights"}
+REPLACED_BY_CASCADE = {"box_fg_iou_thresh", "box_bg_iou_thresh", "bbox_reg_weights"}
+
+
+WITH_MASKS = {"mask_rcnn", "cascade_mask_rcnn"}
 
 
 def list_detectors() -> list[str]:
     return sorted(DETECTORS)
+
+
+def detector_has_masks(name: str) -> bool:
+    """Whether detector `name` trains on instance masks (so the data must load them)."""
+    return name in WITH_MASKS
 
 
 def detector_options(name: str) -> set[str]:
@@ -138,15 +146,16 @@ def build_detector(
     fpn_channels: int = 256,
     box_head_channels: int = 1024,
     mask_head_channels: int = 256,
-    min_size: int = 800,
-    max_size: int = 1333,
+    test_min_size: int = 800,
+    test_max_size: int = 1333,
     **detector_kwargs: Any,
 ) -> nn.Module:
     """A torchvision detector over a FLatten backbone + FPN.
 
     `backbone` is a registered name (built with `create_backbone(name, pretrained=..., **backbone_kwargs)`
     on the levels the detector needs) or a ready module whose `feature_info` describes its outputs.
-    `min_size`/`max_size` are the test-time resize; training images come resized by the data pipeline.
+    `test_min_size`/`test_max_size` are the test-time resize; training images come resized by the data
+    pipeline (`data.train_min_size`/`data.train_max_size`).
     `fpn_channels`, `box_head_channels` and `mask_head_channels` default to the standard widths.
     Other keyword arguments go to the torchvision detector (e.g. `box_detections_per_img`).
     """
@@ -170,6 +179,6 @@ def build_detector(
     fpn = BackboneWithFPN(body, out_channels=fpn_channels, extra_blocks=extra_block(c5_channels, fpn_channels))
     widths = {"box_head_channels": box_head_channels, "mask_head_channels": mask_head_channels}
     model = builder(fpn, num_classes, widths, **detector_kwargs)
-    model.transform = InferenceResizeTransform(min_size=min_size, max_size=max_size)
+    model.transform = InferenceResizeTransform(min_size=test_min_size, max_size=test_max_size)
     model.num_foreground_classes = num_classes
     return model

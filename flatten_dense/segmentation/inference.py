@@ -7,15 +7,47 @@ since evaluation happens at the original label resolution. Call them under `torc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["aug_test_inference", "inference", "slide_inference", "whole_inference"]
+__all__ = ["EvaluationSettings", "aug_test_inference", "inference", "predict_with_settings", "slide_inference", "whole_inference"]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_AUG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The `evaluation` section of a segmentation config: how validation, test and infer predict.
+
+    mode: "whole" (one pass on the test-scale image) or "slide" (mmseg's overlapping `window`
+    crops, `stride` apart). aug_test: average softmax over `aug_scales` (x the test scale) and,
+    with `flip`, their mirror images (`test --aug-test` is `evaluation.aug_test=true`).
+    """
+
+    mode: Literal["whole", "slide"] = "whole"
+    window: int | tuple[int, int] = 512
+    stride: int | tuple[int, int] = 341
+    aug_test: bool = False
+    aug_scales: tuple[float, ...] = DEFAULT_AUG_SCALES
+    flip: bool = True
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
+        """Settings from a plain, validated config section (lists become tuples)."""
+        section = dict(section or {})
+        for key in ("window", "stride"):
+            if isinstance(section.get(key), list):
+                section[key] = tuple(section[key])
+        if "aug_scales" in section:
+            section["aug_scales"] = tuple(float(s) for s in section["aug_scales"])
+            if not section["aug_scales"]:
+                raise ValueError("'evaluation.aug_scales' must not be empty")
+        return cls(**section)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -95,8 +127,6 @@ def aug_test_inference(
     `images` are the test pipeline's output (already resized to the test scale); each copy is
     that image times a ratio, as mmseg's MultiScaleFlipAug with img_ratios (up to rounding).
     """
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0  # interpolation needs floats; the segmentor accepts [0, 1]
     height, width = images.shape[-2:]
     output_size = tuple(output_size) if output_size is not None else (height, width)
     total: torch.Tensor | None = None
@@ -114,3 +144,16 @@ def aug_test_inference(
             num += 1
     assert total is not None, "scales must not be empty"
     return total / num
+
+
+def predict_with_settings(model: Model, images: torch.Tensor, settings: EvaluationSettings) -> torch.Tensor:
+    """Scores B,K,H,W at the input size by the settings (logits, or probabilities with aug_test)."""
+    output_size = images.shape[-2:]
+    if settings.aug_test:
+        return aug_test_inference(
+            model, images, scales=settings.aug_scales, flip=settings.flip, mode=settings.mode,
+            window=settings.window, stride=settings.stride, output_size=output_size,
+        )
+    return inference(
+        model, images, mode=settings.mode, window=settings.window, stride=settings.stride, output_size=output_size
+    )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from flatten_dense.data.ade20k import IGNORE_INDEX
+from flatten_dense.segmentation.labels import IGNORE_INDEX
 
 __all__ = ["SegmentationMetrics", "metrics_from_confusion"]
 

@@ -1,8 +1,10 @@
 """Encoder-decoder segmentor: backbone -> decode head (+ auxiliary FCN head during training).
 
-The segmentor owns normalisation (ImageNet mean/std on [0, 1] input; uint8 input is scaled
-first), so data pipelines and inference tools pass raw images. Heads predict at stride 4; logits
-are upsampled bilinearly to the input size (forward) or to the label size (loss), as mmseg does.
+The segmentor owns normalisation (ImageNet mean/std on float input in [0, 1]) and, like
+torchvision's `GeneralizedRCNNTransform` for detectors, its test-time resize: `predict` resizes
+images to `test_scale` and the scores back to the images' own size, so evaluation data arrive at
+their file size and the two resizes cannot disagree. Heads predict at stride 4; logits are
+upsampled bilinearly to the input size (forward) or to the label size (loss), as mmseg does.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatten_dense.data.ade20k import IGNORE_INDEX
-from flatten_dense.heads.fcn_head import FCNHead
-from flatten_dense.heads.semantic_fpn import SemanticFPNHead
-from flatten_dense.heads.upernet import UPerHead
+from flatten_dense.segmentation.inference import EvaluationSettings, predict_with_settings
+from flatten_dense.segmentation.labels import IGNORE_INDEX
+from flatten_dense.segmentation.transforms import rescale_size
+from flatten_dense.segmentation.heads.fcn_head import FCNHead
+from flatten_dense.segmentation.heads.semantic_fpn import SemanticFPNHead
+from flatten_dense.segmentation.heads.upernet import UPerHead
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EncoderDecoder", "build_segmentor", "segmentation_loss"]
 
@@ -34,7 +38,11 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, *, ignore_inde
 
 
 class EncoderDecoder(nn.Module):
-    """images B,3,H,W (float in [0, 1] or uint8) -> logits B,K,H,W; `loss` for training."""
+    """images B,3,H,W (float in [0, 1]) -> logits B,K,H,W; `loss` for training; `predict` for testing.
+
+    test_scale: (long, short) bounds of the keep-ratio resize `predict` applies (mmseg's test
+    `img_scale`); None predicts at the image's own size.
+    """
 
     def __init__(
         self,
@@ -46,6 +54,7 @@ class EncoderDecoder(nn.Module):
         ignore_index: int = IGNORE_INDEX,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        test_scale: tuple[int, int] | None = (2048, 512),
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -53,12 +62,13 @@ class EncoderDecoder(nn.Module):
         self.aux_head = aux_head
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.test_scale = tuple(test_scale) if test_scale is not None else None
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8:
-            images = images.float() / 255.0
+        if not images.is_floating_point():
+            raise TypeError(f"the segmentor takes float images in [0, 1], got {images.dtype}")
         return (images - self.mean) / self.std
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -70,6 +80,17 @@ class EncoderDecoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.decode_head(self.extract_features(images))  # B,K,H/4,W/4
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, settings: EvaluationSettings = EvaluationSettings()) -> torch.Tensor:
+        """images B,3,H,W at their own size -> scores B,K,H,W (argmax gives the class)."""
+        height, width = images.shape[-2:]
+        if self.test_scale is not None:
+            size = rescale_size(height, width, self.test_scale)
+            # bilinear without antialias, as mmcv's cv2 resize
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        scores = predict_with_settings(self, images, settings)
+        return F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """labels B,H,W int (ignore_index ignored) -> {"loss", "loss_decode"[, "loss_aux"]}.
@@ -101,6 +122,7 @@ def build_segmentor(
     aux_channels: int = 256,
     aux_weight: float = 0.4,
     ignore_index: int = IGNORE_INDEX,
+    test_scale: tuple[int, int] | None = (2048, 512),
 ) -> EncoderDecoder:
     """Backbone (a module, or a name for `flatten_dense.models.create_backbone`) + head by name.
 
@@ -108,6 +130,7 @@ def build_segmentor(
     head), BN for "upernet" and the FCN auxiliary head (convert to SyncBN for multi-GPU runs).
     `channels` None picks the reference width: 128 (Semantic FPN branches), 512 (UperNet).
     `fpn_channels` is Semantic FPN's neck width (256 in the reference; smaller for CPU demos).
+    `test_scale` is the (long, short) keep-ratio bound test images are resized to (None: no resize).
     """
     if isinstance(backbone, str):
         from flatten_dense.models import create_backbone  # lazy: optional at import time
@@ -144,4 +167,4 @@ def build_segmentor(
             norm=norm or "BN",
             dropout=dropout,
         )
-    return EncoderDecoder(backbone, head, aux, aux_weight=aux_weight, ignore_index=ignore_index)
+    return EncoderDecoder(backbone, head, aux, aux_weight=aux_weight, ignore_index=ignore_index, test_scale=test_scale)

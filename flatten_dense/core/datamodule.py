@@ -1,0 +1,102 @@
+"""The part of a LightningDataModule every task shares: cached split datasets and rank-aware loaders.
+
+Samplers come from `flatten_dense.core.samplers` and shard by rank themselves (evaluation never
+pads, so each image counts once), so the Trainer runs with `use_distributed_sampler=False`.
+Evaluation batches are lists (images differ in size); a task chooses how training batches collate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from flatten_dense.core.collate import collate_as_lists
+from flatten_dense.core.samplers import eval_sampler, train_sampler
+
+__all__ = ["DenseDataModule", "Split"]
+
+Split = Literal["train", "val", "test"]
+STAGE_SPLITS: dict[str, tuple[Split, ...]] = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+class DenseDataModule(L.LightningDataModule):
+    """Subclasses implement `build_dataset(split)`; datasets are built once, on first use."""
+
+    train_collate: Callable[[list[Any]], Any] = staticmethod(collate_as_lists)
+    drop_last_train: bool = False
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        pin_memory: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root directory not found: {self.root}")
+        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"need batch sizes >= 1 and num_workers >= 0, got {batch_size}, {eval_batch_size} and {num_workers}"
+            )
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self._datasets: dict[Split, Dataset] = {}
+
+    def build_dataset(self, split: Split) -> Dataset:
+        raise NotImplementedError
+
+    def dataset(self, split: Split) -> Dataset:
+        """The split's dataset, built on first use (reading an annotation file can be slow)."""
+        if split not in self._datasets:
+            self._datasets[split] = self.build_dataset(split)
+        return self._datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in STAGE_SPLITS.get(stage or "", ("train", "val", "test")):
+            self.dataset(split)
+
+    def _loader(self, dataset: Dataset, *, batch_size: int, sampler, collate_fn, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train")
+        sampler = train_sampler(dataset, seed=self.seed)
+        # never drop the only batch there is
+        drop_last = self.drop_last_train and len(sampler) >= self.batch_size
+        return self._loader(
+            dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=type(self).train_collate, drop_last=drop_last
+        )
+
+    def _eval_loader(self, split: Split) -> DataLoader:
+        dataset = self.dataset(split)
+        return self._loader(
+            dataset, batch_size=self.eval_batch_size, sampler=eval_sampler(dataset), collate_fn=collate_as_lists
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

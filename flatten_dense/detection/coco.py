@@ -1,0 +1,252 @@
+"""COCO instance detection/segmentation dataset returning torchvision v2 `tv_tensors`.
+
+Why our own class rather than `torchvision.datasets.CocoDetection` + `wrap_dataset_for_transforms_v2`:
+we need contiguous labels 1..K for non-contiguous category ids (and the way back for reports),
+crowd annotations kept for evaluation, degenerate boxes dropped once with a log line, and errors
+that name the broken file instead of a traceback from deep inside PIL or pycocotools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from flatten_dense.core.image_io import read_rgb_image
+
+__all__ = ["CocoDetection", "annotation_path", "image_dir"]
+
+logger = logging.getLogger(__name__)
+
+Target = dict[str, Any]
+Transforms = Callable[[tv_tensors.Image, Target], tuple[Any, Target]]
+
+
+def annotation_path(root: str | Path, split: str) -> Path:
+    """`root/annotations/instances_{split}2017.json` (the standard COCO layout)."""
+    return Path(root) / "annotations" / f"instances_{split}2017.json"
+
+
+def image_dir(root: str | Path, split: str) -> Path:
+    """`root/{split}2017/`."""
+    return Path(root) / f"{split}2017"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Parse a COCO annotation file; a missing file or bad JSON is one clear error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"malformed COCO annotation file {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"malformed COCO annotation file {path}: top level is not a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"malformed COCO annotation file {path}: missing list '{key}'")
+    return data
+
+
+def _check_entries(data: dict[str, Any], path: Path) -> None:
+    """Check the fields we rely on, so a malformed file fails here and not in `__getitem__`."""
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"malformed COCO annotation file {path}: {what}")
+
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or "name" not in cat:
+            raise bad(f"categories[{i}] needs an integer 'id' and a 'name'")
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not all(k in img for k in ("id", "file_name", "height", "width")):
+            raise bad(f"images[{i}] needs 'id', 'file_name', 'height' and 'width'")
+    cat_ids = {c["id"] for c in data["categories"]}
+    img_ids = {img["id"] for img in data["images"]}
+    if len(cat_ids) != len(data["categories"]):
+        raise bad("duplicate category ids")
+    if len(img_ids) != len(data["images"]):
+        raise bad("duplicate image ids")
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise bad(f"annotations[{i}] is not an object")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise bad(f"annotations[{i}] needs 'bbox' as [x, y, width, height]")
+        if ann.get("image_id") not in img_ids:
+            raise bad(f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}")
+        if ann.get("category_id") not in cat_ids:
+            raise bad(f"annotations[{i}] refers to unknown category_id {ann.get('category_id')!r}")
+
+
+def _load_image(path: Path) -> tv_tensors.Image:
+    """Read an image as uint8 RGB CHW; grayscale, palette and RGBA become RGB."""
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO image file not found: {path}")
+    return tv_tensors.Image(read_rgb_image(path))
+
+
+def _decode_mask(segmentation: Any, bbox: list[float], height: int, width: int) -> np.ndarray:
+    """Decode polygons, uncompressed RLE or compressed RLE to an H x W uint8 mask.
+
+    An annotation without a segmentation falls back to its filled box, so masks and boxes keep
+    the same count.
+    """
+    if isinstance(segmentation, list) and len(segmentation) > 0:  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)  # uncompressed RLE
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        rle = segmentation  # compressed RLE (counts as str or bytes)
+    else:
+        x, y, w, h = bbox
+        mask = np.zeros((height, width), dtype=np.uint8)
+        mask[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = 1
+        return mask
+    return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
+
+
+class CocoDetection(Dataset):
+    """COCO-format instance dataset: `(image, target)` with tv_tensors ready for v2 transforms.
+
+    target: boxes (BoundingBoxes XYXY, N x 4, clamped to the image), labels (int64 N, 1..K;
+    0 is background), masks (Mask uint8 N x H x W, only when `with_masks`), iscrowd (int64 N),
+    area (float32 N, the annotation's `area`), image_id (int, the file's id).
+    Crowd annotations are kept (training filters them, evaluation needs them); images without
+    annotations are kept too.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        transforms: Transforms | None = None,
+        with_masks: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"COCO root directory not found: {self.root}")
+        self.split = split
+        self.annotation_file = annotation_path(root, split)
+        self.image_dir = image_dir(root, split)
+        self.transforms = transforms
+        self.with_masks = with_masks
+
+        data = _read_json(self.annotation_file)
+        _check_entries(data, self.annotation_file)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"COCO image directory not found: {self.image_dir}")
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
+
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        self.category_ids: list[int] = [c["id"] for c in categories]
+        self.class_names: list[str] = [str(c["name"]) for c in categories]
+        self.label_to_category_id: dict[int, int] = {i + 1: c for i, c in enumerate(self.category_ids)}
+        self.category_id_to_label: dict[int, int] = {c: i + 1 for i, c in enumerate(self.category_ids)}
+
+        self.ids: list[int] = sorted(self.coco.imgs)
+        self._annotations: dict[int, list[dict[str, Any]]] = {}
+        dropped = 0
+        for image_id in self.ids:
+            info = self.coco.imgs[image_id]
+            kept = []
+            for ann in self.coco.imgToAnns.get(image_id, []):
+                box = self._clamped_xyxy(ann["bbox"], info["height"], info["width"])
+                if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                    dropped += 1
+                    continue
+                kept.append(ann)
+            self._annotations[image_id] = kept
+        if dropped:
+            logger.warning(
+                "%s: dropped %d annotation(s) with degenerate boxes (width or height < 1 px)",
+                self.annotation_file,
+                dropped,
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object categories (labels are 1..K)."""
+        return len(self.category_ids)
+
+    @staticmethod
+    def _clamped_xyxy(bbox: list[float], height: int, width: int) -> list[float]:
+        """COCO [x, y, w, h] -> [x1, y1, x2, y2] clamped to the image.
+
+        Clamping here matters: `v2.SanitizeBoundingBoxes` drops any box poking out of the image.
+        """
+        x, y, w, h = (float(v) for v in bbox)
+        x1, x2 = min(max(x, 0.0), width), min(max(x + w, 0.0), width)
+        y1, y2 = min(max(y, 0.0), height), min(max(y + h, 0.0), height)
+        return [x1, y1, x2, y2]
+
+    def labels_to_category_ids(self, labels: torch.Tensor) -> torch.Tensor:
+        """Contiguous labels (1..K) -> the file's category ids, e.g. for COCO-format results."""
+        lookup = torch.tensor([0, *self.category_ids], dtype=torch.int64, device=labels.device)
+        return lookup[labels.long()]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Any, Target]:
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        image = _load_image(path)
+        height, width = image.shape[-2:]
+        if (height, width) != (info["height"], info["width"]):
+            raise ValueError(
+                f"image {path} is {width}x{height} but {self.annotation_file} says "
+                f"{info['width']}x{info['height']}"
+            )
+        anns = self._annotations[image_id]
+        boxes = [self._clamped_xyxy(a["bbox"], height, width) for a in anns]
+        target: Target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),  # N x 4
+                format=tv_tensors.BoundingBoxFormat.XYXY,
+                canvas_size=(height, width),
+            ),
+            "labels": torch.tensor([self.category_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
+            "area": torch.tensor(
+                [float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns], dtype=torch.float32
+            ),
+            "image_id": int(image_id),
+        }
+        if self.with_masks:
+            masks = [self._mask(a, path, height, width) for a in anns]
+            stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=np.uint8)  # N x H x W
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(stacked))
+        if self.transforms is not None:
+            return self.transforms(image, target)
+        return image, target
+
+    def _mask(self, ann: dict[str, Any], path: Path, height: int, width: int) -> np.ndarray:
+        segmentation = ann.get("segmentation")
+        if isinstance(segmentation, dict) and list(segmentation.get("size", [])) != [height, width]:
+            raise ValueError(
+                f"{self.annotation_file}: RLE size {segmentation.get('size')} of annotation "
+                f"{ann.get('id')} does not match image {path} ({height}x{width})"
+            )
+        try:
+            return _decode_mask(segmentation, ann["bbox"], height, width)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(
+                f"{self.annotation_file}: cannot decode segmentation of annotation {ann.get('id')}: {e}"
+            ) from None

@@ -1,0 +1,120 @@
+"""ADE20K (ADEChallengeData2016 layout) as a map-style dataset of (image, {mask, image_id}).
+
+Layout under `root`: `images/{split}/*.jpg|png` and `annotations/{split}/*.png`, matched by
+file stem. Labels are index PNGs (palette "P" or grayscale "L"); 0 means "other" and is ignored
+when `reduce_zero_label` is on (mmseg's convention for ADE20K), which also shifts 1..150 to 0..149.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from flatten_dense.core.image_io import read_rgb_image
+from flatten_dense.segmentation.labels import read_label, reduce_zero_label
+
+__all__ = ["ADE20K_CLASSES", "ADE20KDataset", "read_class_names"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CLASS_NAMES_FILE = "class_names.txt"
+
+# mmseg's ADE20KDataset.CLASSES (label i after reduce_zero_label is ADE20K_CLASSES[i]).
+ADE20K_CLASSES: tuple[str, ...] = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed ", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror",
+    "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
+    "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track",
+    "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
+    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer",
+    "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
+    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave",
+    "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate",
+    "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
+ADE20K_CLASSES = tuple(name.strip() for name in ADE20K_CLASSES)
+assert len(ADE20K_CLASSES) == 150
+
+
+def read_class_names(root: Path) -> tuple[str, ...]:
+    """Class names from `root/class_names.txt` (one a line) when present, else ADE20K's 150."""
+    path = Path(root) / CLASS_NAMES_FILE
+    if path.is_file():
+        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        if not names:
+            raise ValueError(f"{path} lists no class names")
+        return names
+    return ADE20K_CLASSES
+
+
+class ADE20KDataset(Dataset):
+    """ADE20K split: returns (tv_tensors.Image uint8 3xHxW, {"mask": Mask int64 HxW, "image_id": stem}).
+
+    `transforms(image, target) -> (image, target)` is applied last (torchvision v2 style).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "training",
+        *,
+        transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        reduce_zero_label: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        self.reduce_zero_label = reduce_zero_label
+        image_dir = self.root / "images" / split
+        label_dir = self.root / "annotations" / split
+        for directory in (image_dir, label_dir):
+            if not directory.is_dir():
+                raise FileNotFoundError(f"ADE20K directory not found: {directory}")
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise FileNotFoundError(f"no .jpg/.png images in {image_dir}")
+        labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"}
+        missing = [p for p in images if p.stem not in labels]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) in {image_dir} have no label in {label_dir}, "
+                f"e.g. {missing[0].name} (expected {missing[0].stem}.png)"
+            )
+        stems = [p.stem for p in images]
+        if len(set(stems)) != len(stems):
+            dup = next(s for s in stems if stems.count(s) > 1)
+            raise ValueError(f"two images in {image_dir} share the stem {dup!r}")
+        self.samples: list[tuple[Path, Path]] = [(p, labels[p.stem]) for p in images]
+        self.class_names = read_class_names(self.root)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image_path, label_path = self.samples[index]
+        image = read_rgb_image(image_path)  # 3,H,W uint8
+        label = read_label(label_path)  # H,W int64
+        if tuple(image.shape[-2:]) != tuple(label.shape):
+            raise ValueError(
+                f"size mismatch: image {image_path} is {tuple(image.shape[-2:])} (HxW) "
+                f"but label {label_path} is {tuple(label.shape)}"
+            )
+        if self.reduce_zero_label:
+            label = reduce_zero_label(label)
+        target = {"mask": tv_tensors.Mask(label), "image_id": image_path.stem}
+        image = tv_tensors.Image(image)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
