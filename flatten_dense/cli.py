@@ -31,14 +31,18 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def _test_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatten-dense test", description="evaluate a checkpoint: metrics table + metrics.json")
+    parser = argparse.ArgumentParser(
+        prog="flatten-dense test", description="evaluate a checkpoint: metrics table + metrics.json"
+    )
     parser.add_argument("config")
     parser.add_argument("checkpoint")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument(
         "--results-prefix", help="detection: also write COCO-format results to PREFIX.bbox.json (and PREFIX.segm.json)"
     )
-    parser.add_argument("--aug-test", action="store_true", help="the override evaluation.aug_test=true (multi-scale + flip)")
+    parser.add_argument(
+        "--aug-test", action="store_true", help="the override evaluation.aug_test=true (multi-scale + flip)"
+    )
     return parser
 
 
@@ -53,7 +57,9 @@ def _infer_parser() -> argparse.ArgumentParser:
 
 
 def _demo_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatten-dense demo", description="train, evaluate and draw on built-in synthetic data")
+    parser = argparse.ArgumentParser(
+        prog="flatten-dense demo", description="train, evaluate and draw on built-in synthetic data"
+    )
     parser.add_argument("--task", choices=tuple(TASKS), default="detection")
     parser.add_argument("--out", default="runs/demo", help="folder for data, checkpoints, metrics and pictures")
     parser.add_argument(
@@ -76,14 +82,23 @@ def _train(args: argparse.Namespace) -> object:
 def _test(args: argparse.Namespace) -> object:
     from flatten_dense.commands.test import test
 
-    return test(args.config, args.checkpoint, args.overrides, results_prefix=args.results_prefix, aug_test=args.aug_test)
+    return test(
+        args.config, args.checkpoint, args.overrides, results_prefix=args.results_prefix, aug_test=args.aug_test
+    )
 
 
 def _infer(args: argparse.Namespace) -> object:
     from flatten_dense.commands.infer import infer
 
     overrides, images = _split(args.inputs)
-    return infer(args.config, args.checkpoint, images, out_dir=args.out, overrides=overrides, score_threshold=args.score_threshold)
+    return infer(
+        args.config,
+        args.checkpoint,
+        images,
+        out_dir=args.out,
+        overrides=overrides,
+        score_threshold=args.score_threshold,
+    )
 
 
 def _demo(args: argparse.Namespace) -> object:
@@ -122,7 +137,8 @@ def run_command(argv: Sequence[str]) -> object:
         raise ConfigError(f"unknown command {command!r}; choose one of {', '.join([*COMMANDS, 'benchmark'])}")
     make_parser, handler = COMMANDS[command]
     args = make_parser().parse_intermixed_args(rest)  # overrides may follow options
-    tune_cpu_allocator()  # large tensors reuse freed memory instead of page-faulting (FLATTEN_DENSE_MALLOC_TUNING=0: off)
+    # large tensors reuse freed memory instead of page-faulting (FLATTEN_DENSE_MALLOC_TUNING=0: off)
+    tune_cpu_allocator()
     return handler(args)
 
 

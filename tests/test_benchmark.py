@@ -14,9 +14,22 @@ from flatten_dense.benchmark import count_flops, main
 from flatten_dense.benchmark.targets import softmax_counterpart
 
 ROW_FIELDS = {
-    "model", "size", "batch", "params", "flops", "latency_ms", "peak_mem_mb", "flops_per_second",
-    "matmul_fraction", "train_latency_ms", "train_flops", "train_peak_mem_mb", "images_per_second",
-    "train_images_per_second", "tensor_peak_mb", "train_tensor_peak_mb",
+    "model",
+    "size",
+    "batch",
+    "params",
+    "flops",
+    "latency_ms",
+    "peak_mem_mb",
+    "flops_per_second",
+    "matmul_fraction",
+    "train_latency_ms",
+    "train_flops",
+    "train_peak_mem_mb",
+    "images_per_second",
+    "train_images_per_second",
+    "tensor_peak_mb",
+    "train_tensor_peak_mb",
 }
 
 
@@ -34,8 +47,26 @@ def test_counterparts() -> None:
 def test_tool_writes_json_with_compare(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     code = main(
-        ["--models", "flatten_pvt_t", "--sizes", "64", "--compare", "--repeats", "1", "--warmup", "0",
-         "--device", "cpu", "--in-process", "--matmul-sizes", "256", "--out", str(out), "--plot", str(tmp_path / "plot.png")]
+        [
+            "--models",
+            "flatten_pvt_t",
+            "--sizes",
+            "64",
+            "--compare",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--in-process",
+            "--matmul-sizes",
+            "256",
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "plot.png"),
+        ]
     )
     assert code == 0
     document = json.loads(out.read_text())
@@ -77,8 +108,27 @@ def test_detector_trains_on_synthetic_targets() -> None:
 def test_tool_times_a_detector_training_step(tmp_path: Path) -> None:
     out = tmp_path / "detector.json"
     code = main(
-        ["--config", DEMO_DETECTOR, "--override", "model.num_classes=3", "--sizes", "96x128", "--batch", "2",
-         "--repeats", "1", "--warmup", "0", "--device", "cpu", "--in-process", "--matmul-sizes", "256", "--out", str(out)]
+        [
+            "--config",
+            DEMO_DETECTOR,
+            "--override",
+            "model.num_classes=3",
+            "--sizes",
+            "96x128",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--in-process",
+            "--matmul-sizes",
+            "256",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     (row,) = json.loads(out.read_text())["results"]
@@ -89,8 +139,26 @@ def test_tool_times_a_detector_training_step(tmp_path: Path) -> None:
 def test_amp_run_measures_the_matmul_yardstick_in_the_autocast_dtype(tmp_path: Path) -> None:
     out = tmp_path / "bf16.json"
     code = main(
-        ["--models", "flatten_pvt_t", "--sizes", "64", "--amp", "bf16", "--no-train", "--repeats", "1",
-         "--warmup", "0", "--device", "cpu", "--in-process", "--matmul-sizes", "128", "--out", str(out)]
+        [
+            "--models",
+            "flatten_pvt_t",
+            "--sizes",
+            "64",
+            "--amp",
+            "bf16",
+            "--no-train",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--in-process",
+            "--matmul-sizes",
+            "128",
+            "--out",
+            str(out),
+        ]
     )
     document = json.loads(out.read_text())
     assert code == 0 and document["matmul_peak"]["dtype"] == "bfloat16"
@@ -137,7 +205,9 @@ def test_compare_compile_pairs_each_model_with_its_compiled_self() -> None:
     args = build_parser().parse_args(["--models", "flatten_pvt_t", "--compare-compile", "--compare"])
     targets, pairs = _targets(args)
     assert [(t.label, t.compiled) for t in targets] == [
-        ("flatten_pvt_t", False), ("flatten_pvt_t@compiled", True), ("pvt_t_softmax", None)
+        ("flatten_pvt_t", False),
+        ("flatten_pvt_t@compiled", True),
+        ("pvt_t_softmax", None),
     ]
     assert pairs == [("flatten_pvt_t@compiled", "flatten_pvt_t"), ("flatten_pvt_t", "pvt_t_softmax")]
 

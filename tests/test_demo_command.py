@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from flatten_dense import tasks
@@ -15,7 +14,12 @@ from flatten_dense.commands import demo as demo_module
 from flatten_dense.core.config import ConfigError
 from flatten_dense.core.image_io import write_png
 
-CASCADE_DEMO = Path(__file__).resolve().parents[1] / "configs" / "detection" / "demo_cascade_mask_rcnn_flatten_pvt_v2_b0_synthetic.yaml"
+CASCADE_DEMO = (
+    Path(__file__).resolve().parents[1]
+    / "configs"
+    / "detection"
+    / "demo_cascade_mask_rcnn_flatten_pvt_v2_b0_synthetic.yaml"
+)
 
 
 def test_missing_demo_config_is_named(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from flatten_dense.core.cpu_allocator import tune_cpu_allocator
+
 from .flops import matmul_flops_per_second
 from .measure import MeasureOptions
 from .report import compare_ratios, format_ratios, format_table, plot_scaling
@@ -38,8 +39,12 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flatten-dense benchmark", description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="*", default=None, help="registered backbones (default flatten_pvt_t flatten_swin_t)")
-    parser.add_argument("--config", default=None, help="a detector/segmentor config YAML (needs model_builder.build_model)")
+    parser.add_argument(
+        "--models", nargs="*", default=None, help="registered backbones (default flatten_pvt_t flatten_swin_t)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="a detector/segmentor config YAML (needs model_builder.build_model)"
+    )
     parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for --config")
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512)], help="input sizes: N (square) or HxW")
     parser.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes")
@@ -54,21 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument(
-        "--compare-compile", action="store_true", help="also measure each model under torch.compile and report the speed-up"
+        "--compare-compile",
+        action="store_true",
+        help="also measure each model under torch.compile and report the speed-up",
     )
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--no-train", action="store_true", help="skip the forward+backward measurement")
     parser.add_argument("--compare", action="store_true", help="add the softmax counterparts and report ratios")
     parser.add_argument("--baseline-root", default=None, help="also measure the FLatten models of an older source tree")
     parser.add_argument(
-        "--no-allocator-tuning", action="store_true", help="keep glibc's malloc defaults (see flatten_dense/cpu_allocator.py)"
+        "--no-allocator-tuning",
+        action="store_true",
+        help="keep glibc's malloc defaults (see flatten_dense/cpu_allocator.py)",
     )
     parser.add_argument(
-        "--baseline-default-allocator", action="store_true", help="measure the --baseline-root models with glibc's defaults"
+        "--baseline-default-allocator",
+        action="store_true",
+        help="measure the --baseline-root models with glibc's defaults",
     )
-    parser.add_argument("--in-process", action="store_true", help="no worker processes (faster; CPU memory less meaningful)")
+    parser.add_argument(
+        "--in-process", action="store_true", help="no worker processes (faster; CPU memory less meaningful)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--matmul-sizes", nargs="+", type=int, default=[1024, 2048, 4096], help="square GEMMs for the peak")
+    parser.add_argument(
+        "--matmul-sizes", nargs="+", type=int, default=[1024, 2048, 4096], help="square GEMMs for the peak"
+    )
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     parser.add_argument("--plot", default=None, help="write a latency/memory vs pixels PNG here")
     return parser
@@ -174,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                 if target.compiled is not None:
                     target_options = replace(target_options, compile=target.compiled)
                 row = run_measurement(
-                    target.spec, size, batch, target_options, subprocess_per_run=not args.in_process, source_root=target.root
+                    target.spec,
+                    size,
+                    batch,
+                    target_options,
+                    subprocess_per_run=not args.in_process,
+                    source_root=target.root,
                 )
                 label = target.label
                 row.update(model=label, spec=target.spec, size=list(size), batch=batch)
@@ -184,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     # The yardstick is the best of the matmul peaks measured before and after the models (a shared
     # machine's throughput drifts during a long run; the higher figure is the stricter one).
     peak_end = matmul_flops_per_second(args.device, dtype=peak_dtype, sizes=tuple(args.matmul_sizes))
-    print(f"# dense {dtype_name} matmul after the models: {peak_end['flops_per_second'] / 1e9:.1f} GFLOP/s (n={peak_end['size']})")
+    gflops = peak_end["flops_per_second"] / 1e9
+    print(f"# dense {dtype_name} matmul after the models: {gflops:.1f} GFLOP/s (n={peak_end['size']})")
     peak = dict(max(peak, peak_end, key=lambda p: p["flops_per_second"]), start=peak, end=peak_end)
     for row in rows:
         if "flops_per_second" in row:
@@ -197,9 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         print(format_ratios(ratios))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        document = {"machine": info, "matmul_peak": dict(peak, dtype=dtype_name), "options": options.__dict__, "argv": argv or sys.argv[1:]}
+        document = {
+            "machine": info,
+            "matmul_peak": dict(peak, dtype=dtype_name),
+            "options": options.__dict__,
+            "argv": argv or sys.argv[1:],
+        }
         document.update(results=rows, ratios=ratios)
         Path(args.out).write_text(json.dumps(document, indent=2))
     if args.plot:
-        plot_scaling(rows, args.plot, title=f"{info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {args.device}")
+        plot_scaling(
+            rows, args.plot, title=f"{info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {args.device}"
+        )
     return 1 if any("error" in row for row in rows) else 0

@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from flatten_dense.core.cpu_allocator import tune_cpu_allocator
+
 from .flops import count_flops
-from .tensor_memory import peak_tensor_bytes
 from .targets import build_target
+from .tensor_memory import peak_tensor_bytes
 
 __all__ = ["MeasureOptions", "measure", "output_loss"]
 
@@ -151,7 +152,9 @@ def measure(spec: str, size: tuple[int, int], batch: int, options: MeasureOption
     return result
 
 
-def _measure_train(model: nn.Module, runner: nn.Module, inputs: tuple, options: MeasureOptions, device, autocast) -> dict:
+def _measure_train(
+    model: nn.Module, runner: nn.Module, inputs: tuple, options: MeasureOptions, device, autocast
+) -> dict:
     """Forward + backward (no optimiser step: its cost does not depend on the input size).
 
     `inputs` is (images,) for backbones and segmentors, whose loss is the mean of every output, and

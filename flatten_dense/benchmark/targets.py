@@ -50,7 +50,9 @@ class Target:
         for _ in range(batch):
             corners = torch.rand(SYNTHETIC_OBJECTS_PER_IMAGE, 2, 2, generator=generator) * torch.tensor([width, height])
             top_left, bottom_right = corners.min(dim=1).values, corners.max(dim=1).values + 8.0  # N 2: at least 8 px
-            boxes = torch.cat([top_left, bottom_right.minimum(torch.tensor([width, height]))], dim=1)  # N 4 (x1 y1 x2 y2)
+            boxes = torch.cat(
+                [top_left, bottom_right.minimum(torch.tensor([width, height]))], dim=1
+            )  # N 4 (x1 y1 x2 y2)
             labels = torch.randint(1, self.num_classes + 1, (len(boxes),), generator=generator)
             target = {"boxes": boxes.to(device), "labels": labels.to(device)}
             if with_masks:

@@ -22,7 +22,9 @@ def peak_tensor_bytes(fn: Callable[[], object]) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
         fn()
     records = sorted(
-        (event.start_ns(), event.nbytes()) for event in profile.profiler.kineto_results.events() if event.name() == "[memory]"
+        (event.start_ns(), event.nbytes())
+        for event in profile.profiler.kineto_results.events()
+        if event.name() == "[memory]"
     )
     live = peak = 0
     for _, change in records:  # + on allocation, - on free

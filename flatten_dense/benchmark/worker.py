@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     from .measure import MeasureOptions, measure
 
     try:
-        result = measure(request["spec"], tuple(request["size"]), request["batch"], MeasureOptions(**request["options"]))
+        result = measure(
+            request["spec"], tuple(request["size"]), request["batch"], MeasureOptions(**request["options"])
+        )
         result["source"] = flatten_dense.__file__
     except Exception as error:  # reported to the parent as a row with an error, not a crash of the run
         result = {"error": f"{type(error).__name__}: {error}"}

@@ -127,9 +127,7 @@ def build_network(run: Run, *, num_classes: int) -> torch.nn.Module:
     return module.model
 
 
-def build_trainer(
-    run: Run, *, evaluation: bool = False, callbacks: Sequence[L.Callback] = ()
-) -> L.Trainer:
+def build_trainer(run: Run, *, evaluation: bool = False, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """A Trainer writing under the run folder: CSV logs, the best and the last checkpoint, lr curve.
 
     `last.ckpt` is written at every training epoch's end so no finished epoch is lost; the
@@ -217,7 +215,9 @@ def task_from_checkpoint(run: Run, checkpoint: str | Path) -> DenseTask:
     payload = read_training_checkpoint(checkpoint)
     check_checkpoint_task(run, payload, checkpoint)
     if "hyper_parameters" not in payload:
-        raise ValueError(f"{checkpoint} holds no hyper-parameters (class names and count); is it a training checkpoint?")
+        raise ValueError(
+            f"{checkpoint} holds no hyper-parameters (class names and count); is it a training checkpoint?"
+        )
     hparams = dict(payload["hyper_parameters"])
     data_info = {k: v for k, v in hparams.items() if k not in (*TRAINING_KEYS, *run.spec.sections)}
     num_classes = int(dict(hparams.get("model") or {}).get("num_classes") or 0)

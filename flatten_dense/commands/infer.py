@@ -19,6 +19,7 @@ from flatten_dense.core.image_io import IMAGE_SUFFIXES, read_rgb_image, write_pn
 
 __all__ = ["expand_images", "infer"]
 
+
 def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files as given, and the image files (sorted) of each folder given."""
     images: list[Path] = []

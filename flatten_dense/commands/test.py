@@ -48,7 +48,9 @@ def test(
     callbacks = []
     if results_prefix is not None:
         if run.spec.results_writer is None:
-            raise ConfigError(f"--results-prefix applies to configs whose task writes result files, not {run.task_name}")
+            raise ConfigError(
+                f"--results-prefix applies to configs whose task writes result files, not {run.task_name}"
+            )
         callbacks.append(run.spec.results_writer(results_prefix))
     L.seed_everything(int(run.cfg.get("seed", 0)), workers=True)
     datamodule = build_datamodule(run)

@@ -134,9 +134,7 @@ def _drop_deleted(base: dict, child: dict) -> None:
             _drop_deleted(base[key], value)
 
 
-def _apply_override(
-    cfg: DictConfig, item: str, *, source: str, open_sections: tuple[str, ...]
-) -> DictConfig:
+def _apply_override(cfg: DictConfig, item: str, *, source: str, open_sections: tuple[str, ...]) -> DictConfig:
     force_add = item.startswith("+")
     text = item[1:] if force_add else item
     key, sep, raw = text.partition("=")
@@ -156,9 +154,7 @@ def _apply_override(
     return cfg
 
 
-def _check_override_key(
-    cfg: DictConfig, key: str, *, item: str, source: str, open_sections: tuple[str, ...]
-) -> None:
+def _check_override_key(cfg: DictConfig, key: str, *, item: str, source: str, open_sections: tuple[str, ...]) -> None:
     if any(key == s or key.startswith(s + ".") for s in open_sections):
         return
     node: Any = OmegaConf.to_container(cfg, resolve=False)
@@ -177,10 +173,7 @@ def _check_override_key(
         else:
             prefix = ".".join(parts[:i])
             raise ConfigError(f"{source}: override '{item}': '{prefix}' is a value, not a section")
-        raise ConfigError(
-            f"{source}: unknown key '{key}' in override '{item}'{hint}; "
-            f"write '+{item}' to add a new key"
-        )
+        raise ConfigError(f"{source}: unknown key '{key}' in override '{item}'{hint}; write '+{item}' to add a new key")
 
 
 def _check_interpolations(cfg: DictConfig, *, source: str) -> None:
@@ -198,7 +191,9 @@ def _check_interpolations(cfg: DictConfig, *, source: str) -> None:
 def top_level_problems(cfg: Mapping, *, allowed: Iterable[str]) -> list[str]:
     """Unknown top-level sections, the usual symptom of a misspelt section name."""
     allowed = list(allowed)
-    return [f"unknown top-level section '{key}'{_suggest(str(key), allowed)}" for key in cfg.keys() if key not in allowed]
+    return [
+        f"unknown top-level section '{key}'{_suggest(str(key), allowed)}" for key in cfg.keys() if key not in allowed
+    ]
 
 
 def kwargs_problems(fn_or_class: Callable, kwargs: Mapping, *, where: str) -> list[str]:
@@ -262,8 +257,18 @@ def _type_hints(fn_or_class: Callable) -> dict[str, Any]:
         return {}
 
 
-_SEQUENCE_ORIGINS = (list, tuple, set, frozenset, cabc.Sequence, cabc.MutableSequence,
-                     cabc.Iterable, cabc.Collection, cabc.Set, cabc.MutableSet)
+_SEQUENCE_ORIGINS = (
+    list,
+    tuple,
+    set,
+    frozenset,
+    cabc.Sequence,
+    cabc.MutableSequence,
+    cabc.Iterable,
+    cabc.Collection,
+    cabc.Set,
+    cabc.MutableSet,
+)
 _MAPPING_ORIGINS = (dict, cabc.Mapping, cabc.MutableMapping)
 
 

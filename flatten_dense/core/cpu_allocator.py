@@ -49,6 +49,8 @@ def tune_cpu_allocator() -> bool:
         return _tuned
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    mmap_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) or mallopt(M_MMAP_THRESHOLD, FALLBACK_MMAP_THRESHOLD_BYTES)
+    mmap_set = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) or mallopt(
+        M_MMAP_THRESHOLD, FALLBACK_MMAP_THRESHOLD_BYTES
+    )
     _tuned = bool(mmap_set) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
     return _tuned

@@ -86,7 +86,11 @@ class DenseDataModule(L.LightningDataModule):
         # never drop the only batch there is
         drop_last = self.drop_last_train and len(sampler) >= self.batch_size
         return self._loader(
-            dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=type(self).train_collate, drop_last=drop_last
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=type(self).train_collate,
+            drop_last=drop_last,
         )
 
     def _eval_loader(self, split: Split) -> DataLoader:

@@ -19,8 +19,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from flatten_dense.models import create_backbone
 from flatten_dense.detection.fpn import BackboneWithFPN
+from flatten_dense.models import create_backbone
 
 from .cascade_roi_heads import CascadeRoIHeads, CascadeStage
 from .input_transform import InferenceResizeTransform
@@ -65,8 +65,13 @@ def _cascade_mask_rcnn(
     first = stages[0]
     # torchvision builds the RPN, transform and RoI pools; its single-stage RoI heads are then replaced.
     model = MaskRCNN(
-        fpn, num_classes=None, box_head=first.box_head, box_predictor=first.cls_score,
-        mask_head=first.mask_head, mask_predictor=first.mask_predictor, **kwargs,
+        fpn,
+        num_classes=None,
+        box_head=first.box_head,
+        box_predictor=first.cls_score,
+        mask_head=first.mask_head,
+        mask_predictor=first.mask_predictor,
+        **kwargs,
     )
     single = model.roi_heads
     model.roi_heads = CascadeRoIHeads(
@@ -107,10 +112,26 @@ DETECTORS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...], Callable[[
 
 
 TORCHVISION_CLASSES: dict[str, type] = {
-    "mask_rcnn": MaskRCNN, "cascade_mask_rcnn": MaskRCNN, "faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS,
+    "mask_rcnn": MaskRCNN,
+    "cascade_mask_rcnn": MaskRCNN,
+    "faster_rcnn": FasterRCNN,
+    "retinanet": RetinaNet,
+    "fcos": FCOS,
 }
-SET_BY_BUILDER = {"self", "backbone", "num_classes", "kwargs", "box_head", "box_predictor", "mask_head", "mask_predictor",
-                  "min_size", "max_size", "image_mean", "image_std"}
+SET_BY_BUILDER = {
+    "self",
+    "backbone",
+    "num_classes",
+    "kwargs",
+    "box_head",
+    "box_predictor",
+    "mask_head",
+    "mask_predictor",
+    "min_size",
+    "max_size",
+    "image_mean",
+    "image_std",
+}
 # The cascade sets IoU thresholds and box coders per stage instead of torchvision's single values.
 CASCADE_OPTIONS = {"stage_iou_thresholds", "stage_loss_weights"}
 REPLACED_BY_CASCADE = {"box_fg_iou_thresh", "box_bg_iou_thresh", "bbox_reg_weights"}
@@ -165,7 +186,9 @@ def build_detector(
         raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
     unknown = sorted(set(detector_kwargs) - detector_options(name))
     if unknown:
-        raise TypeError(f"{name} has no option {', '.join(unknown)}; options: {', '.join(sorted(detector_options(name)))}")
+        raise TypeError(
+            f"{name} has no option {', '.join(unknown)}; options: {', '.join(sorted(detector_options(name)))}"
+        )
     builder, levels, extra_block = DETECTORS[name]
     if isinstance(backbone, str):
         kwargs = dict(backbone_kwargs or {})

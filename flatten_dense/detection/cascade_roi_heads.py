@@ -45,7 +45,9 @@ class CascadeStage(nn.Module):
 
     def __init__(self, *, in_channels: int, fc_channels: int, mask_channels: int, num_classes: int) -> None:
         super().__init__()
-        self.box_head = FastRCNNConvFCHead((in_channels, 7, 7), [in_channels] * 4, [fc_channels], norm_layer=nn.BatchNorm2d)
+        self.box_head = FastRCNNConvFCHead(
+            (in_channels, 7, 7), [in_channels] * 4, [fc_channels], norm_layer=nn.BatchNorm2d
+        )
         self.cls_score = nn.Linear(fc_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(fc_channels, 4)
         self.mask_head = MaskRCNNHeads(in_channels, [mask_channels] * 4, 1)
@@ -87,7 +89,8 @@ class CascadeRoIHeads(nn.Module):
         if not len(stage_iou_thresholds) == len(stage_loss_weights) == num_stages <= len(STAGE_BOX_CODER_WEIGHTS):
             raise ValueError(
                 f"a cascade of up to {len(STAGE_BOX_CODER_WEIGHTS)} stages needs one IoU threshold and one loss weight "
-                f"per stage; got {num_stages} stages, {len(stage_iou_thresholds)} thresholds, {len(stage_loss_weights)} weights"
+                f"per stage; got {num_stages} stages, {len(stage_iou_thresholds)} thresholds, "
+                f"{len(stage_loss_weights)} weights"
             )
         self.stages = nn.ModuleList(stages)
         self.box_roi_pool = box_roi_pool
@@ -152,7 +155,11 @@ class CascadeRoIHeads(nn.Module):
         return samples
 
     def _losses(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]], targets: list[dict[str, Tensor]]
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
         boxes = [p.detach() for p in proposals]
@@ -164,10 +171,14 @@ class CascadeRoIHeads(nn.Module):
             labels = torch.cat([s["labels"] for s in samples])
             positive = labels > 0
             predicted = self.box_coders[index].decode_single(deltas[positive], torch.cat(rois)[positive])
-            box_loss = generalized_box_iou_loss(predicted, torch.cat([s["matched_boxes"] for s in samples])[positive], reduction="sum")
+            box_loss = generalized_box_iou_loss(
+                predicted, torch.cat([s["matched_boxes"] for s in samples])[positive], reduction="sum"
+            )
             losses[f"loss_classifier_stage{index}"] = weight * F.cross_entropy(logits, labels)
             losses[f"loss_box_reg_stage{index}"] = weight * BOX_LOSS_WEIGHT * box_loss / max(1, labels.numel())
-            losses[f"loss_mask_stage{index}"] = weight * self._mask_loss(stage, features, samples, image_shapes, targets)
+            losses[f"loss_mask_stage{index}"] = weight * self._mask_loss(
+                stage, features, samples, image_shapes, targets
+            )
             if index + 1 < len(self.stages):
                 refined = self._refine(index, deltas.detach(), rois, image_shapes)
                 boxes = [r[~s["from_gt"]] for r, s in zip(refined, samples, strict=True)]
@@ -192,12 +203,16 @@ class CascadeRoIHeads(nn.Module):
             [s["matched"][p] for s, p in zip(samples, positives, strict=True)],
         )
 
-    def _refine(self, stage: int, deltas: Tensor, rois: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[Tensor]:
+    def _refine(
+        self, stage: int, deltas: Tensor, rois: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> list[Tensor]:
         """Stage `stage`'s boxes: its deltas applied to its input RoIs, clipped to each image."""
         boxes = self.box_coders[stage].decode_single(deltas, torch.cat(rois)).split([len(r) for r in rois])
         return [clip_boxes_to_image(b, shape) for b, shape in zip(boxes, image_shapes, strict=True)]
 
-    def _detect(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    def _detect(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
         boxes = proposals
         probabilities = []
         for index, stage in enumerate(self.stages):
@@ -208,7 +223,9 @@ class CascadeRoIHeads(nn.Module):
         detections = [self._select(b, s, shape) for b, s, shape in zip(boxes, scores, image_shapes, strict=True)]
         mask_boxes = [d["boxes"] for d in detections]
         mask_features = self.mask_roi_pool(features, mask_boxes, image_shapes)
-        mask_probabilities = torch.stack([stage.predict_masks(mask_features).sigmoid() for stage in self.stages]).mean(dim=0)
+        mask_probabilities = torch.stack([stage.predict_masks(mask_features).sigmoid() for stage in self.stages]).mean(
+            dim=0
+        )
         labels = torch.cat([d["labels"] for d in detections])
         masks = mask_probabilities[torch.arange(len(labels), device=labels.device), labels][:, None]  # D 1 28 28
         for detection, image_masks in zip(detections, masks.split([len(b) for b in mask_boxes]), strict=True):

@@ -211,8 +211,7 @@ class CocoDetection(Dataset):
         height, width = image.shape[-2:]
         if (height, width) != (info["height"], info["width"]):
             raise ValueError(
-                f"image {path} is {width}x{height} but {self.annotation_file} says "
-                f"{info['width']}x{info['height']}"
+                f"image {path} is {width}x{height} but {self.annotation_file} says {info['width']}x{info['height']}"
             )
         anns = self._annotations[image_id]
         boxes = [self._clamped_xyxy(a["bbox"], height, width) for a in anns]

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
-__all__ = ["MASK_THRESHOLD", "build_coco_metric", "compute_coco_metric", "metric_predictions", "metric_targets", "summarize_coco"]
+__all__ = [
+    "MASK_THRESHOLD",
+    "build_coco_metric",
+    "compute_coco_metric",
+    "metric_predictions",
+    "metric_targets",
+    "summarize_coco",
+]
 
 MASK_THRESHOLD = 0.5
 # torchmetrics key suffix -> our report suffix (mmdetection's names)

@@ -21,7 +21,11 @@ __all__ = ["build_detector_from_section", "data_from_detector", "detector_proble
 
 # build_detector's own keys a config may set (the rest are set from the other keys)
 BUILDER_KEYS = set(inspect.signature(build_detector).parameters) - {
-    "name", "backbone", "pretrained_backbone", "backbone_kwargs", "detector_kwargs",
+    "name",
+    "backbone",
+    "pretrained_backbone",
+    "backbone_kwargs",
+    "detector_kwargs",
 }
 
 

@@ -70,7 +70,12 @@ class CocoResultsWriter(L.Callback):
         self.results = {}
 
     def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         image_ids = [int(target["image_id"]) for target in batch[1]]

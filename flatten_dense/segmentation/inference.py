@@ -14,7 +14,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EvaluationSettings", "aug_test_inference", "inference", "predict_with_settings", "slide_inference", "whole_inference"]
+__all__ = [
+    "EvaluationSettings",
+    "aug_test_inference",
+    "inference",
+    "predict_with_settings",
+    "slide_inference",
+    "whole_inference",
+]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_AUG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -151,8 +158,14 @@ def predict_with_settings(model: Model, images: torch.Tensor, settings: Evaluati
     output_size = images.shape[-2:]
     if settings.aug_test:
         return aug_test_inference(
-            model, images, scales=settings.aug_scales, flip=settings.flip, mode=settings.mode,
-            window=settings.window, stride=settings.stride, output_size=output_size,
+            model,
+            images,
+            scales=settings.aug_scales,
+            flip=settings.flip,
+            mode=settings.mode,
+            window=settings.window,
+            stride=settings.stride,
+            output_size=output_size,
         )
     return inference(
         model, images, mode=settings.mode, window=settings.window, stride=settings.stride, output_size=output_size

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatten_dense.segmentation.inference import EvaluationSettings, predict_with_settings
-from flatten_dense.segmentation.labels import IGNORE_INDEX
-from flatten_dense.segmentation.transforms import rescale_size
 from flatten_dense.segmentation.heads.fcn_head import FCNHead
 from flatten_dense.segmentation.heads.semantic_fpn import SemanticFPNHead
 from flatten_dense.segmentation.heads.upernet import UPerHead
+from flatten_dense.segmentation.inference import EvaluationSettings, predict_with_settings
+from flatten_dense.segmentation.labels import IGNORE_INDEX
+from flatten_dense.segmentation.transforms import rescale_size
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EncoderDecoder", "build_segmentor", "segmentation_loss"]
 
@@ -82,14 +82,14 @@ class EncoderDecoder(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, settings: EvaluationSettings = EvaluationSettings()) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, settings: EvaluationSettings | None = None) -> torch.Tensor:
         """images B,3,H,W at their own size -> scores B,K,H,W (argmax gives the class)."""
         height, width = images.shape[-2:]
         if self.test_scale is not None:
             size = rescale_size(height, width, self.test_scale)
             # bilinear without antialias, as mmcv's cv2 resize
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        scores = predict_with_settings(self, images, settings)
+        scores = predict_with_settings(self, images, settings or EvaluationSettings())
         return F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

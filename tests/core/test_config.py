@@ -2,12 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional
-
-import pytest
-from omegaconf import OmegaConf
+from typing import Literal
 
 import lightning as L
+import pytest
+from omegaconf import OmegaConf
 
 from flatten_dense.core.config import (
     ConfigError,
@@ -37,18 +36,15 @@ def tree(tmp_path: Path) -> Path:
     """configs/_base_/{model,schedule}.yaml <- configs/det/base_det.yaml <- configs/det/run.yaml"""
     write(
         tmp_path / "configs/_base_/model.yaml",
-        "model:\n  backbone:\n    name: flatten_swin_t\n    drop_path_rate: 0.2\n"
-        "  num_classes: 80\n",
+        "model:\n  backbone:\n    name: flatten_swin_t\n    drop_path_rate: 0.2\n  num_classes: 80\n",
     )
     write(
         tmp_path / "configs/_base_/schedule.yaml",
-        "optimizer:\n  name: adamw\n  lr: 1e-4\n  weight_decay: 0.05\n"
-        "trainer:\n  max_epochs: 12\n",
+        "optimizer:\n  name: adamw\n  lr: 1e-4\n  weight_decay: 0.05\ntrainer:\n  max_epochs: 12\n",
     )
     write(
         tmp_path / "configs/det/base_det.yaml",
-        "_base_: [../_base_/model.yaml, ../_base_/schedule.yaml]\n"
-        "model:\n  num_classes: 91\n",
+        "_base_: [../_base_/model.yaml, ../_base_/schedule.yaml]\nmodel:\n  num_classes: 91\n",
     )
     write(
         tmp_path / "configs/det/run.yaml",
@@ -112,9 +108,7 @@ def cfg_with(cfg, item: str):
 
 
 def test_plus_prefix_and_open_sections_add_keys(tree: Path) -> None:
-    cfg = load_config(
-        tree / "det/run.yaml", ["+model.backbone.out_indices=[1,2,3]", "trainer.precision=16-mixed"]
-    )
+    cfg = load_config(tree / "det/run.yaml", ["+model.backbone.out_indices=[1,2,3]", "trainer.precision=16-mixed"])
     assert list(cfg.model.backbone.out_indices) == [1, 2, 3]
     assert cfg.trainer.precision == "16-mixed"  # trainer is open: checked by check_trainer_kwargs
     with pytest.raises(ConfigError, match="unknown key 'trainer.max_epoch'.*did you mean 'max_epochs'"):
@@ -186,7 +180,7 @@ def builder(
     name: str,
     depth: int = 2,
     drop_path_rate: float = 0.1,
-    pretrained: Optional[str] = None,
+    pretrained: str | None = None,
     out_indices: Sequence[int] = (0, 1, 2, 3),
     shape: tuple[int, int] = (1, 1),
     norm: Literal["bn", "gn"] = "bn",
@@ -237,7 +231,9 @@ def test_check_kwargs_type_errors(key: str, value: object, expected: str) -> Non
 
 
 def test_check_kwargs_unknown_key_suggests() -> None:
-    with pytest.raises(ConfigError, match=r"unknown key 'model.backbone.drop_path' \(did you mean 'drop_path_rate'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'model.backbone.drop_path' \(did you mean 'drop_path_rate'\?\)"
+    ):
         check_kwargs(builder, {"drop_path": 0.1}, where="model.backbone")
     with pytest.raises(ConfigError, match=r"^cfg.yaml: unknown key 'model.backbone.zzz'$"):
         check_kwargs(builder, {"zzz": 0.1}, where="model.backbone", source="cfg.yaml")

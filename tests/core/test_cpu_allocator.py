@@ -21,7 +21,9 @@ def _run(env_value: str | None) -> str:
     env.pop("FLATTEN_DENSE_MALLOC_TUNING", None)
     if env_value is not None:
         env["FLATTEN_DENSE_MALLOC_TUNING"] = env_value
-    return subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")

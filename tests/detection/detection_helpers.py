@@ -12,10 +12,12 @@ from flatten_dense.detection.synthetic import make_synthetic_coco
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MASK_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
 
+RPN = "  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n"
+MASK_HEADS = "  fpn_channels: 32\n  box_head_channels: 64\n  mask_head_channels: 16\n" + RPN
 HEAD_OPTIONS = {
-    "mask_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  mask_head_channels: 16\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
-    "cascade_mask_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  mask_head_channels: 16\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
-    "faster_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n  rpn_pre_nms_top_n_train: 100\n  rpn_post_nms_top_n_train: 50\n  box_batch_size_per_image: 32\n",
+    "mask_rcnn": MASK_HEADS,
+    "cascade_mask_rcnn": MASK_HEADS,
+    "faster_rcnn": "  fpn_channels: 32\n  box_head_channels: 64\n" + RPN,
     "retinanet": "",
     "fcos": "  fpn_channels: 64\n",  # GroupNorm(32) in FCOS' head needs > 1 value per group at 1 x 1 P7
 }

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from detection_helpers import CONFIGS, tiny_coco, tiny_config
 from faster_coco_eval import COCO, COCOeval_faster
 
 from flatten_dense.cli import main
 from flatten_dense.commands.build import build_datamodule, load_run, task_from_checkpoint
-from flatten_dense.commands.infer import infer
 from flatten_dense.commands.test import test as run_test
 from flatten_dense.commands.train import train
 from flatten_dense.core.config import ConfigError
-
-from detection_helpers import CONFIGS, tiny_coco, tiny_config
 
 CASCADE = CONFIGS / "detection" / "demo_cascade_mask_rcnn_flatten_pvt_v2_b0_synthetic.yaml"
 
@@ -77,7 +75,9 @@ def test_errors_keep_their_cause(tmp_path: Path, monkeypatch, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_infer_applies_overrides_takes_folders_and_writes_one_picture_each(trained_mask_rcnn, coco_root, tmp_path) -> None:
+def test_infer_applies_overrides_takes_folders_and_writes_one_picture_each(
+    trained_mask_rcnn, coco_root, tmp_path
+) -> None:
     config, checkpoint = trained_mask_rcnn
     overrides = ["model.box_score_thresh=0.99"]
     task = task_from_checkpoint(load_run(config, overrides, create_run_dir=False), checkpoint)
@@ -113,7 +113,9 @@ def test_cocoeval_on_the_results_files_equals_the_printed_table(trained_mask_rcn
         assert Path(summary["results"][iou_type]) == path
         results = json.loads(path.read_text())
         assert results, "an untrained detector at threshold 0 still detects something"
-        evaluator = COCOeval_faster(ground_truth, ground_truth.loadRes(str(path)), iou_type, print_function=lambda *a: None)
+        evaluator = COCOeval_faster(
+            ground_truth, ground_truth.loadRes(str(path)), iou_type, print_function=lambda *a: None
+        )
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -41,7 +41,11 @@ def targets() -> list[dict[str, Tensor]]:
     masks[1, 30:60, 50:90] = 1
     return [
         {"boxes": torch.tensor([[10.0, 10, 40, 30], [50, 30, 90, 60]]), "labels": torch.tensor([1, 3]), "masks": masks},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, *IMAGE, dtype=torch.uint8)},
+        {
+            "boxes": torch.zeros(0, 4),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, *IMAGE, dtype=torch.uint8),
+        },
     ]
 
 
@@ -121,7 +125,9 @@ def test_detections_are_last_stage_boxes_with_mean_scores_and_masks(monkeypatch)
             return stage_probabilities[index].log().expand(len(rois), -1), deltas
 
         monkeypatch.setattr(stage, "predict_boxes", predict_boxes)
-        monkeypatch.setattr(stage, "predict_masks", lambda f, index=index: torch.full((len(f), NUM_CLASSES + 1, 28, 28), float(index)))
+        monkeypatch.setattr(
+            stage, "predict_masks", lambda f, index=index: torch.full((len(f), NUM_CLASSES + 1, 28, 28), float(index))
+        )
     pool_forward = heads.box_roi_pool.forward
     current_boxes: list[list[Tensor]] = []  # the boxes each stage receives, in stage order
 

@@ -15,11 +15,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
+from flatten_dense.core.collate import collate_as_lists
 from flatten_dense.detection.coco import CocoDetection
 from flatten_dense.detection.datamodule import CocoDataModule
-from flatten_dense.core.collate import collate_as_lists
-from flatten_dense.detection.transforms import build_detection_transforms
 from flatten_dense.detection.synthetic import CATEGORIES, make_synthetic_coco
+from flatten_dense.detection.transforms import build_detection_transforms
 
 H, W = 20, 30  # hand-made image size
 
@@ -71,18 +71,60 @@ def _write_coco(root: Path, split: str = "train") -> Path:
         "categories": [{"id": 9, "name": "nine"}, {"id": 5, "name": "five"}],  # unsorted on purpose
         "annotations": [
             # polygon rectangle: pycocotools fills columns 2..7, rows 3..8
-            {"id": 1, "image_id": 42, "category_id": 9, "bbox": [2, 3, 6, 6], "area": 36.0, "iscrowd": 0,
-             "segmentation": [[2, 3, 8, 3, 8, 9, 2, 9]]},
-            {"id": 2, "image_id": 42, "category_id": 5, "bbox": [20, 10, 8, 5], "area": 31.0, "iscrowd": 0,
-             "segmentation": compressed},
-            {"id": 3, "image_id": 42, "category_id": 9, "bbox": [12, 1, 6, 6], "area": 22.0, "iscrowd": 1,
-             "segmentation": _uncompressed_rle(masks["crowd"])},
-            {"id": 4, "image_id": 42, "category_id": 5, "bbox": [5, 5, 0.5, 4], "area": 2.0, "iscrowd": 0,
-             "segmentation": [[5, 5, 5.5, 5, 5.5, 9, 5, 9]]},  # degenerate: width < 1
-            {"id": 5, "image_id": 99, "category_id": 5, "bbox": [1, 1, 4, 0], "area": 0.0, "iscrowd": 0,
-             "segmentation": []},  # degenerate: height 0
-            {"id": 6, "image_id": 99, "category_id": 5, "bbox": [25, 15, 10, 10], "area": 25.0, "iscrowd": 0,
-             "segmentation": []},  # pokes out of the image: clamped to [25, 15, 30, 20]
+            {
+                "id": 1,
+                "image_id": 42,
+                "category_id": 9,
+                "bbox": [2, 3, 6, 6],
+                "area": 36.0,
+                "iscrowd": 0,
+                "segmentation": [[2, 3, 8, 3, 8, 9, 2, 9]],
+            },
+            {
+                "id": 2,
+                "image_id": 42,
+                "category_id": 5,
+                "bbox": [20, 10, 8, 5],
+                "area": 31.0,
+                "iscrowd": 0,
+                "segmentation": compressed,
+            },
+            {
+                "id": 3,
+                "image_id": 42,
+                "category_id": 9,
+                "bbox": [12, 1, 6, 6],
+                "area": 22.0,
+                "iscrowd": 1,
+                "segmentation": _uncompressed_rle(masks["crowd"]),
+            },
+            {
+                "id": 4,
+                "image_id": 42,
+                "category_id": 5,
+                "bbox": [5, 5, 0.5, 4],
+                "area": 2.0,
+                "iscrowd": 0,
+                "segmentation": [[5, 5, 5.5, 5, 5.5, 9, 5, 9]],
+            },  # degenerate: width < 1
+            {
+                "id": 5,
+                "image_id": 99,
+                "category_id": 5,
+                "bbox": [1, 1, 4, 0],
+                "area": 0.0,
+                "iscrowd": 0,
+                "segmentation": [],
+            },  # degenerate: height 0
+            {
+                "id": 6,
+                "image_id": 99,
+                "category_id": 5,
+                "bbox": [25, 15, 10, 10],
+                "area": 25.0,
+                "iscrowd": 0,
+                "segmentation": [],
+            },  # pokes out of the image: clamped to [25, 15, 30, 20]
         ],
     }
     path = root / "annotations" / f"instances_{split}2017.json"
@@ -195,8 +237,13 @@ def test_corrupt_image_is_value_error_naming_the_file(coco_root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", ["{not json", json.dumps([1, 2]), json.dumps({"images": [], "categories": []}),
-                json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []})],
+    "content",
+    [
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"images": [], "categories": []}),
+        json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}),
+    ],
 )
 def test_malformed_annotation_file_is_value_error_naming_it(coco_root: Path, content: str) -> None:
     (coco_root / "annotations" / "instances_train2017.json").write_text(content)
@@ -315,8 +362,14 @@ def test_datamodule_yields_batches(synthetic_root: Path) -> None:
 
 
 def test_datamodule_multiscale_and_errors(synthetic_root: Path, tmp_path: Path) -> None:
-    dm = CocoDataModule(root=synthetic_root, batch_size=2, num_workers=0, train_pipeline="train_multiscale",
-                        train_min_size=range(32, 65, 16), train_max_size=300)
+    dm = CocoDataModule(
+        root=synthetic_root,
+        batch_size=2,
+        num_workers=0,
+        train_pipeline="train_multiscale",
+        train_min_size=range(32, 65, 16),
+        train_max_size=300,
+    )
     dm.setup("fit")
     images, _ = next(iter(dm.train_dataloader()))
     assert all(min(img.shape[-2:]) in (32, 48, 64) for img in images)

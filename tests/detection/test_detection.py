@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from detection_helpers import CONFIGS, MASK_DETECTORS, build_model, tiny_coco, tiny_config
 
 from flatten_dense.cli import main
 from flatten_dense.commands.infer import infer
 from flatten_dense.commands.test import test as run_test
 from flatten_dense.commands.train import train
-from flatten_dense.detection.coco import CocoDetection
 from flatten_dense.detection import build_detector, list_detectors
+from flatten_dense.detection.coco import CocoDetection
 from flatten_dense.detection.metrics import build_coco_metric, metric_targets, summarize_coco
 from flatten_dense.models.checkpoint import CheckpointMismatchError
-
-from detection_helpers import CONFIGS, MASK_DETECTORS, build_model, tiny_coco, tiny_config
 
 DETECTION_CONFIGS = sorted((CONFIGS / "detection").glob("*.yaml"))
 
@@ -66,7 +65,12 @@ def test_two_training_steps_then_evaluation(detector: str, coco_root: Path, tmp_
     for iou_type in iou_types:
         results = json.loads((tmp_path / f"results.{iou_type}.json").read_text())
         assert all(r["category_id"] in (3, 7, 12) for r in results)  # the file's ids, not labels
-    pictures = infer(config, run_dir / "checkpoints" / "last.ckpt", [next((coco_root / "val2017").iterdir())], out_dir=tmp_path / "pics")
+    pictures = infer(
+        config,
+        run_dir / "checkpoints" / "last.ckpt",
+        [next((coco_root / "val2017").iterdir())],
+        out_dir=tmp_path / "pics",
+    )
     assert pictures[0].is_file()
 
 

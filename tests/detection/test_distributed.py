@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from detection_helpers import tiny_coco, tiny_config
 
 from flatten_dense.commands.test import test as run_test
 from flatten_dense.commands.train import train
-
-from detection_helpers import tiny_coco, tiny_config
 
 
 @pytest.mark.slow

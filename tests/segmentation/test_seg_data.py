@@ -12,6 +12,7 @@ from torchvision import tv_tensors
 
 from flatten_dense.segmentation.ade20k import ADE20KDataset
 from flatten_dense.segmentation.datamodule import ADE20KDataModule
+from flatten_dense.segmentation.synthetic import make_synthetic_ade20k
 from flatten_dense.segmentation.transforms import (
     PadToSize,
     PhotoMetricDistortion,
@@ -19,7 +20,6 @@ from flatten_dense.segmentation.transforms import (
     build_segmentation_transforms,
     rescale_size,
 )
-from flatten_dense.segmentation.synthetic import make_synthetic_ade20k
 
 
 def _write_pair(root: Path, stem: str, image: Image.Image, label: Image.Image, split: str = "training") -> None:

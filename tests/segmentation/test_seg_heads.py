@@ -71,9 +71,7 @@ def test_reference_widths_and_norms() -> None:
 @pytest.mark.parametrize("decode_head", ["semantic_fpn", "upernet"])
 def test_segmentor_forward_and_backward(decode_head: str) -> None:
     torch.manual_seed(0)
-    model = build_segmentor(
-        decode_head=decode_head, backbone=FakeBackbone(), num_classes=4, aux_head=True, channels=32
-    )
+    model = build_segmentor(decode_head=decode_head, backbone=FakeBackbone(), num_classes=4, aux_head=True, channels=32)
     images = torch.rand(2, 3, 45, 61)
     assert model(images).shape == (2, 4, 45, 61)
     with pytest.raises(TypeError, match="float images"):  # one input convention: float in [0, 1]
@@ -122,13 +120,17 @@ def test_normalisation_and_errors() -> None:
 def test_predict_owns_the_test_time_resize() -> None:
     """predict resizes to test_scale (keep ratio, long <= 64, short <= 32) and scores back to the input size."""
     torch.manual_seed(0)
-    model = build_segmentor(decode_head="semantic_fpn", backbone=FakeBackbone(), num_classes=4, channels=32, test_scale=(64, 32)).eval()
+    model = build_segmentor(
+        decode_head="semantic_fpn", backbone=FakeBackbone(), num_classes=4, channels=32, test_scale=(64, 32)
+    ).eval()
     images = torch.rand(1, 3, 45, 61)  # -> 32 x 43 inside predict
     scores = model.predict(images)
     assert scores.shape == (1, 4, 45, 61)
     resized = F.interpolate(images, size=(32, 43), mode="bilinear", align_corners=False)
     expected = F.interpolate(model(resized), size=(45, 61), mode="bilinear", align_corners=False)
     torch.testing.assert_close(scores, expected)
-    unscaled = build_segmentor(decode_head="semantic_fpn", backbone=FakeBackbone(), num_classes=4, channels=32, test_scale=None)
+    unscaled = build_segmentor(
+        decode_head="semantic_fpn", backbone=FakeBackbone(), num_classes=4, channels=32, test_scale=None
+    )
     unscaled.load_state_dict(model.state_dict())
     torch.testing.assert_close(unscaled.eval().predict(images), unscaled(images))

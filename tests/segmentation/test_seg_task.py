@@ -15,12 +15,12 @@ from flatten_dense.commands.infer import infer
 from flatten_dense.commands.test import test as run_test
 from flatten_dense.commands.train import train
 from flatten_dense.core.config import ConfigError
-from flatten_dense.segmentation.ade20k import ADE20KDataset
 from flatten_dense.core.image_io import read_rgb_image
-from flatten_dense.segmentation.transforms import build_segmentation_transforms
-from flatten_dense.segmentation.synthetic import make_synthetic_ade20k
-from flatten_dense.segmentation.metrics import SegmentationMetrics
+from flatten_dense.segmentation.ade20k import ADE20KDataset
 from flatten_dense.segmentation.inference import EvaluationSettings
+from flatten_dense.segmentation.metrics import SegmentationMetrics
+from flatten_dense.segmentation.synthetic import make_synthetic_ade20k
+from flatten_dense.segmentation.transforms import build_segmentation_transforms
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SEGMENTATION_CONFIGS = sorted((CONFIGS / "segmentation").glob("*.yaml"))
@@ -139,7 +139,13 @@ def test_aug_test_flag_and_slide_mode_run_from_the_cli(trained) -> None:
 def test_infer_draws_an_overlay_at_the_image_size(trained, ade_root: Path, tmp_path: Path) -> None:
     overrides, run_dir, _ = trained["semantic_fpn"]
     image = sorted((ade_root / "images" / "validation").iterdir())[0]
-    drawn = infer(HEAD_CONFIGS["semantic_fpn"], run_dir / "checkpoints" / "best.ckpt", [image], out_dir=tmp_path, overrides=overrides)
+    drawn = infer(
+        HEAD_CONFIGS["semantic_fpn"],
+        run_dir / "checkpoints" / "best.ckpt",
+        [image],
+        out_dir=tmp_path,
+        overrides=overrides,
+    )
     original, picture = read_rgb_image(image), read_rgb_image(drawn[0])
     assert picture.shape == original.shape and not torch.equal(picture, original)
 

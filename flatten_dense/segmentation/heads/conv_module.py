@@ -8,7 +8,7 @@ __all__ = ["ConvModule", "SegClassifier", "build_norm"]
 
 
 def build_norm(norm: str | None, channels: int, *, num_groups: int = 32) -> nn.Module:
-    """"BN" -> BatchNorm2d (convert with nn.SyncBatchNorm.convert_sync_batchnorm for DDP),
+    """ "BN" -> BatchNorm2d (convert with nn.SyncBatchNorm.convert_sync_batchnorm for DDP),
     "GN" -> GroupNorm(num_groups), None/"none" -> Identity."""
     if norm is None or norm.lower() == "none":
         return nn.Identity()
