@@ -1,7 +1,8 @@
 """The task registry: the one place that maps a config's `task` to its code.
 
 Adding a task is one folder (data, model, metric, LightningModule, pictures and a `SPEC`) plus
-one line here; the factory, the commands and the CLI read this dict and nothing else.
+one line here; the build path (commands/build.py), the commands and the CLI read this dict and
+nothing else.
 """
 
 from __future__ import annotations

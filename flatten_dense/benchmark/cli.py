@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", nargs="*", default=None, help="registered backbones (default flatten_pvt_t flatten_swin_t)"
     )
     parser.add_argument(
-        "--config", default=None, help="a detector/segmentor config YAML (needs model_builder.build_model)"
+        "--config", default=None, help="a detector/segmentor config YAML (built as every command builds it)"
     )
     parser.add_argument("--override", nargs="*", default=[], help="key=value overrides for --config")
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512)], help="input sizes: N (square) or HxW")
