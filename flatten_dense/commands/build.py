@@ -23,6 +23,7 @@ from flatten_dense.core.config import ConfigError, load_config, resolve_run_dir,
 from flatten_dense.core.task import DenseTask, TaskSpec
 from flatten_dense.core.validate import VALIDATED_SECTIONS, validate_config
 from flatten_dense.models.checkpoint import CheckpointMismatchError, mismatch_report
+from flatten_dense.models.safe_load import safe_torch_load
 from flatten_dense.tasks import TASKS, task_spec
 
 __all__ = [
@@ -164,12 +165,7 @@ def build_trainer(run: Run, *, evaluation: bool = False, callbacks: Sequence[L.C
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint of this project, read without running code (tensors and plain data)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
-        raise ValueError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+    payload = safe_torch_load(path)  # one line for a missing, truncated, foreign or code-running file
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise ValueError(f"{path} is not a flatten-dense training checkpoint (no state_dict)")
     return payload
