@@ -13,6 +13,7 @@ import io
 import json
 import logging
 from collections.abc import Callable
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from torchvision import tv_tensors
 
 from flatten_dense.core.image_io import read_rgb_image
 
-__all__ = ["CocoDetection", "annotation_path", "image_dir"]
+__all__ = ["CocoDetection", "annotation_path", "image_dir", "segmentation_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,10 @@ def _check_entries(data: dict[str, Any], path: Path) -> None:
             raise bad(f"annotations[{i}] is not an object")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise bad(f"annotations[{i}] needs 'bbox' as [x, y, width, height]")
+            raise bad(f"annotation {ann.get('id', f'[{i}]')} needs 'bbox' as [x, y, width, height]")
         if ann.get("image_id") not in img_ids:
-            raise bad(f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}")
-        if ann.get("category_id") not in cat_ids:
-            raise bad(f"annotations[{i}] refers to unknown category_id {ann.get('category_id')!r}")
+            raise bad(f"annotation {ann.get('id', f'[{i}]')} refers to unknown image_id {ann.get('image_id')!r}")
+    # unknown category ids are a per-sample problem of the start-up check (detection/data_check.py)
 
 
 def _load_image(path: Path) -> tv_tensors.Image:
@@ -95,6 +95,38 @@ def _load_image(path: Path) -> tv_tensors.Image:
     if not path.is_file():
         raise FileNotFoundError(f"COCO image file not found: {path}")
     return tv_tensors.Image(read_rgb_image(path))
+
+
+def segmentation_problem(segmentation: Any, height: int, width: int) -> str | None:
+    """What is wrong with an annotation's `segmentation` for an image of height x width, or None."""
+    if segmentation is None or (isinstance(segmentation, list) and not segmentation):
+        return None  # no mask: the box stands in for it
+    if isinstance(segmentation, list):
+        for k, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not all(isinstance(v, Real) for v in polygon):
+                return f"polygon {k} is not a list of numbers"
+            if len(polygon) < 6 or len(polygon) % 2:
+                return f"polygon {k} has {len(polygon)} numbers; a polygon needs an even count of at least 6 (3 points)"
+        return None
+    if not isinstance(segmentation, dict) or "counts" not in segmentation:
+        return f"segmentation is neither polygons nor an RLE (got {type(segmentation).__name__})"
+    size = segmentation.get("size")
+    if not isinstance(size, list) or list(size) != [height, width]:
+        return f"RLE size {size} is not the image's [{height}, {width}]"
+    counts = segmentation["counts"]
+    if isinstance(counts, list):  # uncompressed
+        if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
+            return f"uncompressed RLE counts do not add up to {height} x {width} pixels"
+        return None
+    if not isinstance(counts, (str, bytes)):
+        return f"RLE counts is a {type(counts).__name__}, not a string or a list"
+    try:
+        rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+        if int(mask_utils.area(rle)) > height * width or mask_utils.decode(rle).shape[:2] != (height, width):
+            return "compressed RLE does not decode to the image size"
+    except Exception as error:  # pycocotools raises bare Exceptions on bad strings
+        return f"compressed RLE does not decode ({' '.join(str(error).split())})"
+    return None
 
 
 def _decode_mask(segmentation: Any, bbox: list[float], height: int, width: int) -> np.ndarray:
@@ -179,6 +211,10 @@ class CocoDetection(Dataset):
                 dropped,
             )
 
+    def annotations_of(self, image_id: int) -> list[dict[str, Any]]:
+        """The annotations this dataset uses for an image (degenerate boxes left out)."""
+        return self._annotations[image_id]
+
     @property
     def num_classes(self) -> int:
         """K, the number of object categories (labels are 1..K)."""
@@ -221,7 +257,7 @@ class CocoDetection(Dataset):
                 format=tv_tensors.BoundingBoxFormat.XYXY,
                 canvas_size=(height, width),
             ),
-            "labels": torch.tensor([self.category_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+            "labels": torch.tensor([self._label(a, path) for a in anns], dtype=torch.int64),
             "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
             "area": torch.tensor(
                 [float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in anns], dtype=torch.float32
@@ -236,16 +272,22 @@ class CocoDetection(Dataset):
             return self.transforms(image, target)
         return image, target
 
+    def _label(self, ann: dict[str, Any], path: Path) -> int:
+        if ann["category_id"] not in self.category_id_to_label:
+            raise ValueError(
+                f"{self.annotation_file}: annotation {ann.get('id')} of image {path} has unknown "
+                f"category_id {ann['category_id']!r}"
+            )
+        return self.category_id_to_label[ann["category_id"]]
+
     def _mask(self, ann: dict[str, Any], path: Path, height: int, width: int) -> np.ndarray:
         segmentation = ann.get("segmentation")
-        if isinstance(segmentation, dict) and list(segmentation.get("size", [])) != [height, width]:
-            raise ValueError(
-                f"{self.annotation_file}: RLE size {segmentation.get('size')} of annotation "
-                f"{ann.get('id')} does not match image {path} ({height}x{width})"
-            )
+        problem = segmentation_problem(segmentation, height, width)
+        if problem is not None:
+            raise ValueError(f"{self.annotation_file}: annotation {ann.get('id')} of image {path}: {problem}")
         try:
             return _decode_mask(segmentation, ann["bbox"], height, width)
-        except (TypeError, ValueError, KeyError) as e:
+        except Exception as e:  # pycocotools raises bare Exceptions ("input type is not supported.")
             raise ValueError(
-                f"{self.annotation_file}: cannot decode segmentation of annotation {ann.get('id')}: {e}"
+                f"{self.annotation_file}: cannot decode segmentation of annotation {ann.get('id')} of image {path}: {e}"
             ) from None

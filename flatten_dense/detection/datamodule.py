@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from flatten_dense.core.data_check import DataReport, apply_report
 from flatten_dense.core.datamodule import DenseDataModule, Split
 from flatten_dense.detection.coco import CocoDetection
+from flatten_dense.detection.data_check import check_coco
 from flatten_dense.detection.transforms import DetectionTransforms, build_detection_transforms
 
 __all__ = ["CocoDataModule"]
@@ -20,6 +22,8 @@ class CocoDataModule(DenseDataModule):
     `num_classes`, `category_ids` and `class_names` can be read before `setup()` (a model is
     usually built first): they build the validation dataset once and `setup()` reuses it.
     `with_masks` is set by the run from the detector (Mask R-CNN and Cascade need masks).
+    Each split is checked when first built (`check`, before the first step); `skip_bad_samples`
+    leaves bad samples out instead of stopping at the first one.
     """
 
     def __init__(
@@ -37,6 +41,7 @@ class CocoDataModule(DenseDataModule):
         val_split: str = "val",
         test_split: str = "val",
         with_masks: bool = True,
+        skip_bad_samples: bool = False,
         pin_memory: bool = True,
         seed: int = 0,
     ) -> None:
@@ -54,27 +59,54 @@ class CocoDataModule(DenseDataModule):
         sizes = int(train_min_size) if isinstance(train_min_size, int) else [int(s) for s in train_min_size]
         self.splits: dict[Split, str] = {"train": train_split, "val": val_split, "test": test_split}
         self.with_masks = with_masks
+        self.skip_bad_samples = skip_bad_samples
+        self._raw: dict[Split, CocoDetection] = {}
+        self.reports: dict[Split, DataReport] = {}
         # built now so a bad pipeline setting fails before any data is read
         self.train_transforms: DetectionTransforms = build_detection_transforms(
             train_pipeline, min_size=sizes, max_size=train_max_size, flip_prob=flip_prob
         )
         self.eval_transforms: DetectionTransforms = build_detection_transforms("eval")
 
+    def _raw_dataset(self, split: Split) -> CocoDetection:
+        """The split's dataset as read from its files, before the check (one per annotation file)."""
+        if split not in self._raw:
+            same = next((s for s, d in self._raw.items() if self.splits[s] == self.splits[split]), None)
+            if same is not None and split != "train" and same != "train":
+                self._raw[split] = self._raw[same]  # val and test read the same file
+            else:
+                transforms = self.train_transforms if split == "train" else self.eval_transforms
+                self._raw[split] = CocoDetection(
+                    self.root, self.splits[split], transforms=transforms, with_masks=self.with_masks
+                )
+        return self._raw[split]
+
+    def check(self, split: Split) -> DataReport:
+        """Check every sample of a split (files, sizes, categories, masks); cached."""
+        if split not in self.reports:
+            raw = self._raw_dataset(split)
+            same = next((s for s, r in self.reports.items() if self._raw.get(s) is raw), None)
+            self.reports[split] = (
+                DataReport(**{**vars(self.reports[same]), "split": split})
+                if same is not None
+                else check_coco(raw, split=split)
+            )
+        return self.reports[split]
+
     def build_dataset(self, split: Split) -> CocoDetection:
-        transforms = self.train_transforms if split == "train" else self.eval_transforms
-        dataset = CocoDetection(self.root, self.splits[split], transforms=transforms, with_masks=self.with_masks)
-        reference = self.reference_dataset if split != "val" else dataset
+        dataset = self._raw_dataset(split)
+        reference = self._raw_dataset("val")
         if dataset.category_ids != reference.category_ids:
             raise ValueError(
                 f"categories differ between {dataset.annotation_file} and {reference.annotation_file}: "
                 f"{dataset.category_ids} vs {reference.category_ids}"
             )
-        return dataset
+        return apply_report(dataset, self.check(split), skip_bad_samples=self.skip_bad_samples)
 
     # --- category information (the validation file is the reference: it is what metrics use) ---
     @property
     def reference_dataset(self) -> CocoDetection:
-        return self.dataset("val")
+        return self._raw_dataset("val")
 
     @property
     def num_classes(self) -> int:

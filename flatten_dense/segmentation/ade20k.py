@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from flatten_dense.core.image_io import read_rgb_image
-from flatten_dense.segmentation.labels import read_label, reduce_zero_label
+from flatten_dense.segmentation.labels import IGNORE_INDEX, read_label, reduce_zero_label
 
 __all__ = ["ADE20K_CLASSES", "ADE20KDataset", "read_class_names"]
 
@@ -64,6 +64,7 @@ class ADE20KDataset(Dataset):
     """ADE20K split: returns (tv_tensors.Image uint8 3xHxW, {"mask": Mask int64 HxW, "image_id": stem}).
 
     `transforms(image, target) -> (image, target)` is applied last (torchvision v2 style).
+    `num_classes` (default: the class names' count) bounds the label values (255 is ignored).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class ADE20KDataset(Dataset):
         *,
         transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
         reduce_zero_label: bool = True,
+        num_classes: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -99,6 +101,7 @@ class ADE20KDataset(Dataset):
             raise ValueError(f"two images in {image_dir} share the stem {dup!r}")
         self.samples: list[tuple[Path, Path]] = [(p, labels[p.stem]) for p in images]
         self.class_names = read_class_names(self.root)
+        self.num_classes = len(self.class_names) if num_classes is None else num_classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -111,6 +114,12 @@ class ADE20KDataset(Dataset):
             raise ValueError(
                 f"size mismatch: image {image_path} is {tuple(image.shape[-2:])} (HxW) "
                 f"but label {label_path} is {tuple(label.shape)}"
+            )
+        highest = self.num_classes if self.reduce_zero_label else self.num_classes - 1
+        if bool(((label > highest) & (label != IGNORE_INDEX)).any()):  # would be a device-side assert on a GPU
+            raise ValueError(
+                f"label {label_path} holds values above {highest} (other than {IGNORE_INDEX}) "
+                f"for {self.num_classes} classes, e.g. {int(label[(label > highest) & (label != IGNORE_INDEX)][0])}"
             )
         if self.reduce_zero_label:
             label = reduce_zero_label(label)

@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from flatten_dense.core.data_check import DataReport, apply_report
 from flatten_dense.core.datamodule import DenseDataModule, Split
 from flatten_dense.segmentation.ade20k import ADE20KDataset, read_class_names
+from flatten_dense.segmentation.data_check import check_ade20k
 from flatten_dense.segmentation.transforms import build_segmentation_transforms
 
 __all__ = ["ADE20KDataModule", "collate_stacked_segmentation"]
@@ -29,7 +31,11 @@ def collate_stacked_segmentation(batch: list[tuple[Any, dict[str, Any]]]) -> tup
 
 
 class ADE20KDataModule(DenseDataModule):
-    """ADE20K train/val/test loaders with mmseg's training pipeline; all sizes are parameters."""
+    """ADE20K train/val/test loaders with mmseg's training pipeline; all sizes are parameters.
+
+    Each split is checked when first built (`check`, before the first step: images open, labels
+    fit them and hold class indices); `skip_bad_samples` leaves bad samples out instead of stopping.
+    """
 
     train_collate = staticmethod(collate_stacked_segmentation)
     # a batch of 1 through BatchNorm on UperNet's 1x1 pooled maps fails: drop a last partial batch
@@ -53,6 +59,7 @@ class ADE20KDataModule(DenseDataModule):
         val_split: str = "validation",
         test_split: str = "validation",
         class_names: list[str] | tuple[str, ...] | None = None,
+        skip_bad_samples: bool = False,
         pin_memory: bool = True,
         seed: int = 0,
     ) -> None:
@@ -77,13 +84,37 @@ class ADE20KDataModule(DenseDataModule):
         self.reduce_zero_label = reduce_zero_label
         self.splits: dict[Split, str] = {"train": train_split, "val": val_split, "test": test_split}
         self.class_names: tuple[str, ...] = tuple(class_names) if class_names else read_class_names(self.root)
+        self.skip_bad_samples = skip_bad_samples
+        self._raw: dict[Split, ADE20KDataset] = {}
+        self.reports: dict[Split, DataReport] = {}
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def _raw_dataset(self, split: Split) -> ADE20KDataset:
+        """The split's dataset as found on disk, before the check."""
+        if split not in self._raw:
+            transforms = self.train_transforms if split == "train" else self.eval_transforms
+            self._raw[split] = ADE20KDataset(
+                self.root,
+                self.splits[split],
+                transforms=transforms,
+                reduce_zero_label=self.reduce_zero_label,
+                num_classes=self.num_classes,
+            )
+        return self._raw[split]
+
+    def check(self, split: Split) -> DataReport:
+        """Check every sample of a split (image headers, label sizes and values); cached, shared by
+        splits reading the same folder."""
+        if split not in self.reports:
+            same = next((s for s in self.reports if s != "train" and self.splits[s] == self.splits[split]), None)
+            if same is not None and split != "train":
+                self.reports[split] = DataReport(**{**vars(self.reports[same]), "split": split})
+            else:
+                self.reports[split] = check_ade20k(self._raw_dataset(split), split=split, num_classes=self.num_classes)
+        return self.reports[split]
+
     def build_dataset(self, split: Split) -> ADE20KDataset:
-        transforms = self.train_transforms if split == "train" else self.eval_transforms
-        return ADE20KDataset(
-            self.root, self.splits[split], transforms=transforms, reduce_zero_label=self.reduce_zero_label
-        )
+        return apply_report(self._raw_dataset(split), self.check(split), skip_bad_samples=self.skip_bad_samples)

@@ -43,7 +43,7 @@ def test_reduce_zero_label_and_label_modes(tmp_path: Path) -> None:
     palette_label.putpalette([200, 10, 10] * 256)  # colours unrelated to the indices
     _write_pair(tmp_path, "pal", Image.new("RGB", (3, 2)), palette_label)
     reduced = ADE20KDataset(tmp_path, "training")
-    raw = ADE20KDataset(tmp_path, "training", reduce_zero_label=False)
+    raw = ADE20KDataset(tmp_path, "training", reduce_zero_label=False, num_classes=151)  # 150 is a class here
     expected = torch.tensor([[255, 0, 1], [149, 255, 6]])
     for i in range(2):
         image, target = reduced[i]

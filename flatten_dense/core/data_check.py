@@ -1,0 +1,194 @@
+"""Datasets checked at start-up, before the first step: what every task's check shares.
+
+A task's check (`detection/data_check.py`, `segmentation/data_check.py`) reads each sample's
+headers (file exists, opens, has the size its annotation says, labels in range) in a thread pool
+and returns a `DataReport`. The DataModule applies it when it builds the split's dataset:
+
+- `skip_bad_samples=False` (default): the first problem is one `ValueError` line naming the file
+  (and the annotation id) and how many more there are;
+- `skip_bad_samples=True`: bad samples are left out (one warning listing how many and the first
+  few files), and a sample that still fails to decode later is replaced by the next good one
+  (one warning per file, also from a worker process).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DataReport",
+    "Problem",
+    "SkippingDataset",
+    "apply_report",
+    "check_threads",
+    "header_reason",
+    "parallel_map",
+    "REPORT_HEADER",
+    "report_table",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+FIRST_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad sample: the file, the annotation (when one is to blame) and what is wrong."""
+
+    index: int  # the sample's index in the dataset
+    file: str
+    message: str
+    annotation: int | str | None = None
+
+    def line(self) -> str:
+        where = f" (annotation {self.annotation})" if self.annotation is not None else ""
+        return f"{self.file}{where}: {self.message}"
+
+
+@dataclass
+class DataReport:
+    """What a split's check found; `problems` holds every bad sample (first problem each)."""
+
+    split: str
+    source: str  # the annotation file or the image folder
+    samples: int
+    annotations: int  # detection: instances; segmentation: label files
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+    refusal: str | None = None  # a whole-split problem (no images, no ground truth)
+
+    @property
+    def bad_indices(self) -> set[int]:
+        return {p.index for p in self.problems}
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.refusal is None
+
+    def first_error(self) -> str:
+        """The one line a run stops with."""
+        if not self.problems:
+            return str(self.refusal)
+        more = len(self.bad_indices) - 1
+        tail = (
+            f" (+{more} more bad sample(s) in {self.split}; data.skip_bad_samples=true skips them, "
+            "`flatten-dense check-data CONFIG` lists them)"
+            if more
+            else " (data.skip_bad_samples=true skips it)"
+        )
+        return f"bad {self.split} sample: {self.problems[0].line()}{tail}"
+
+
+def check_threads() -> int:
+    """Threads for header checks: file opens and PNG decodes release the GIL, so a few help."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, threads: int | None = None) -> list[R]:
+    """`[fn(x) for x in items]` in a thread pool (in order); plain loop for 1 thread or few items."""
+    threads = check_threads() if threads is None else threads
+    if threads <= 1 or len(items) < 64:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(fn, items, chunksize=max(1, len(items) // (threads * 8))))
+
+
+def header_reason(error: Exception, path: Any) -> str:
+    """An image-reading error as the reason alone (the report names the file itself)."""
+    if isinstance(error, FileNotFoundError):
+        return "file not found"
+    text = str(error)
+    return text.split(f"{path}: ", 1)[1] if f"{path}: " in text else text
+
+
+def timed(fn: Callable[[], DataReport]) -> DataReport:
+    start = time.perf_counter()
+    report = fn()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+class SkippingDataset(Dataset):
+    """A dataset without its bad samples; a sample that fails later is replaced by the next one.
+
+    Attributes of the wrapped dataset (class names, category ids, ...) read through.
+    """
+
+    def __init__(self, dataset: Any, bad: Iterable[int], *, split: str) -> None:
+        self.dataset = dataset
+        self.split = split
+        bad = set(bad)
+        self.indices = [i for i in range(len(dataset)) if i not in bad]
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "indices", "split", "_warned"):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> Any:
+        for step in range(len(self.indices)):
+            position = (index + step) % len(self.indices)
+            try:
+                return self.dataset[self.indices[position]]
+            except Exception as error:  # skip_bad_samples: a decode failure skips the sample
+                if position not in self._warned:
+                    self._warned.add(position)
+                    log.warning(
+                        "data.skip_bad_samples: skipped %s sample %d (%s)",
+                        self.split,
+                        self.indices[position],
+                        " ".join(str(error).split()),
+                    )
+        raise ValueError(f"every {self.split} sample failed to load")
+
+
+def apply_report(dataset: Any, report: DataReport, *, skip_bad_samples: bool) -> Any:
+    """The dataset a run uses, or ValueError (one line) for a problem the run must not start with."""
+    if report.refusal is not None:
+        raise ValueError(report.refusal)
+    if not report.problems:
+        return SkippingDataset(dataset, (), split=report.split) if skip_bad_samples else dataset
+    if not skip_bad_samples:
+        raise ValueError(report.first_error())
+    bad = report.bad_indices
+    if len(bad) >= len(dataset):
+        raise ValueError(f"every {report.split} sample of {report.source} is bad, e.g. {report.problems[0].line()}")
+    shown = "; ".join(p.line() for p in report.problems[:FIRST_SHOWN])
+    log.warning(
+        "data.skip_bad_samples: leaving out %d of %d %s sample(s) of %s, e.g. %s",
+        len(bad),
+        len(dataset),
+        report.split,
+        report.source,
+        shown,
+    )
+    return SkippingDataset(dataset, bad, split=report.split)
+
+
+def report_table(reports: Sequence[DataReport]) -> list[tuple[Any, ...]]:
+    """Rows (split, source, samples, annotations, bad samples, problems, seconds, verdict)."""
+    rows = []
+    for r in reports:
+        verdict = "ok" if r.ok else ("refused" if r.refusal and not r.problems else "BAD")
+        rows.append(
+            (r.split, r.source, r.samples, r.annotations, len(r.bad_indices), len(r.problems), r.seconds, verdict)
+        )
+    return rows
+
+
+REPORT_HEADER = ("split", "source", "samples", "annotations", "bad samples", "problems", "seconds", "verdict")
