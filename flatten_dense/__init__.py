@@ -3,4 +3,4 @@
 from .models import CheckpointMismatchError, create_backbone, create_classifier, list_models
 
 __all__ = ["CheckpointMismatchError", "create_backbone", "create_classifier", "list_models"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

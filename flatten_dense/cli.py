@@ -1,4 +1,4 @@
-"""`flatten-dense train|test|infer|benchmark|demo`; the scripts in tools/ call the same functions.
+"""`flatten-dense train|test|infer|check-data|benchmark|demo`; the scripts in tools/ call the same functions.
 
 Every error is printed as one line (exit code 2 for a mistake in the input: config, files,
 checkpoints, images; 1 for anything else); set FLATTEN_DENSE_DEBUG=1 to see the original
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -53,6 +54,18 @@ def _infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="image files or folders of images, and key=value overrides")
     parser.add_argument("--out", required=True, help="folder for the PNG drawings")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="detections drawn from this score up")
+    return parser
+
+
+def _check_data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatten-dense check-data",
+        description="check every split of a config's dataset (as train and test do before step 1); summary table",
+    )
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser.add_argument("--threads", type=int, help="threads reading headers (default: up to 8)")
+    parser.add_argument("--show", type=int, default=20, help="problems listed one a line (default 20)")
     return parser
 
 
@@ -101,6 +114,12 @@ def _infer(args: argparse.Namespace) -> object:
     )
 
 
+def _check_data(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.check_data import check_data
+
+    return check_data(args.config, args.overrides, threads=args.threads, show=args.show)
+
+
 def _demo(args: argparse.Namespace) -> object:
     from flatten_dense.commands.demo import demo
 
@@ -111,6 +130,7 @@ COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
     "train": (_train_parser, _train),
     "test": (_test_parser, _test),
     "infer": (_infer_parser, _infer),
+    "check-data": (_check_data_parser, _check_data),
     "demo": (_demo_parser, _demo),
 }
 
@@ -123,6 +143,11 @@ def _usage() -> str:
 def run_command(argv: Sequence[str]) -> object:
     """Parse and run one command; raises its errors (main() prints them)."""
     argv = list(argv)
+    if argv and argv[0] == "--version":
+        from flatten_dense import __version__
+
+        print(f"flatten-dense {__version__}")
+        return None
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         if not argv:
@@ -142,8 +167,18 @@ def run_command(argv: Sequence[str]) -> object:
     return handler(args)
 
 
+def _worker_error(text: str) -> str | None:
+    """The original error's own line of an exception re-raised from a DataLoader worker, or None."""
+    if "Original Traceback" not in text:
+        return None
+    worker = re.search(r"in DataLoader worker process (\d+)", text)
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+    last = re.sub(r"^[\w.]*(Error|Exception): ", "", last)
+    return f"{last} (in DataLoader worker {worker.group(1) if worker else '?'})"
+
+
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = _worker_error(str(error)) or " ".join(str(error).split()) or type(error).__name__
     return text if isinstance(error, USER_ERRORS) else f"{type(error).__name__}: {text}"
 
 

@@ -17,12 +17,12 @@ from flatten_dense.commands.test import test
 from flatten_dense.commands.train import train
 from flatten_dense.core.config import ConfigError
 from flatten_dense.core.image_io import read_rgb_image, write_png
+from flatten_dense.core.paths import CONFIGS
 from flatten_dense.core.visualize import image_grid
 from flatten_dense.tasks import task_spec
 
 __all__ = ["CONFIGS", "demo"]
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PICTURES = 6
 
 
