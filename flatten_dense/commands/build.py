@@ -10,16 +10,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig
 
+from flatten_dense.core.checkpointing import AtomicCheckpointIO, BestCheckpoint, CheckpointOptions
 from flatten_dense.core.config import ConfigError, load_config, resolve_run_dir, to_container
+from flatten_dense.core.paths import resolve_config
+from flatten_dense.core.launch import check_launch
+from flatten_dense.core.numerics import NumericalGuard, newest_checkpoint_in
+from flatten_dense.core.preemption import PreemptionCallback
 from flatten_dense.core.run_logging import LoggingOptions
 from flatten_dense.core.task import DenseTask, TaskSpec
 from flatten_dense.core.validate import VALIDATED_SECTIONS, validate_config
@@ -61,6 +67,7 @@ class Run:
 
 def load_run(config: str | os.PathLike, overrides: Sequence[str] = (), *, create_run_dir: bool = True) -> Run:
     """Load `config` with `key=value` overrides and validate it whole (ConfigError: one line)."""
+    config = resolve_config(config)  # a path, or the name of a packaged config
     source = os.fspath(config)
     # every section is validated whole below, so an override may add keys to any of them (a typo
     # is still caught, with a suggestion); new top-level keys are validated as well
@@ -129,21 +136,27 @@ def build_network(run: Run, *, num_classes: int) -> torch.nn.Module:
     return module.model
 
 
-def build_trainer(run: Run, *, evaluation: bool = False, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
-    """A Trainer writing under the run folder: CSV logs, the best and the last checkpoint, lr curve.
+def build_trainer(
+    run: Run, *, evaluation: bool = False, callbacks: Sequence[L.Callback] = (), logger: Logger | None = None
+) -> L.Trainer:
+    """A Trainer writing under the run folder: CSV logs, the best, last and step checkpoints, lr curve.
 
-    `last.ckpt` is written at every training epoch's end so no finished epoch is lost; the
-    samplers shard by rank themselves, so Lightning's distributed sampler is turned off.
+    Checkpoints are written atomically and never with non-finite weights. `last.ckpt` is written at
+    every training epoch's end and on SIGTERM/SIGUSR1 (then the run exits 128 + signal); step
+    checkpoints as the `checkpoint` section says. The samplers shard by rank themselves, so
+    Lightning's distributed sampler is turned off. `logger` replaces the default CSV log.
     """
-    kwargs = run.section("trainer")
+    kwargs = check_launch(run.section("trainer"))
     kwargs["default_root_dir"] = str(run.run_dir)
     kwargs["use_distributed_sampler"] = False
+    kwargs["plugins"] = [AtomicCheckpointIO()]
     display = LoggingOptions(**run.section("logging"))  # progress bar or log lines, pictures
     if evaluation:
         kwargs.update(logger=False, enable_checkpointing=False, callbacks=[*display.callbacks(kwargs), *callbacks])
         return L.Trainer(**{k: v for k, v in kwargs.items() if k not in ("max_epochs", "max_steps")})
+    options = CheckpointOptions(**run.section("checkpoint"))
     checkpoints = run.run_dir / "checkpoints"
-    best = ModelCheckpoint(
+    best = BestCheckpoint(
         dirpath=checkpoints,
         filename="best",
         monitor=run.spec.monitor,
@@ -159,10 +172,28 @@ def build_trainer(run: Run, *, evaluation: bool = False, callbacks: Sequence[L.C
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
-    kwargs.setdefault("logger", CSVLogger(str(run.run_dir), name="logs"))
+    every = {"every_n_train_steps": options.every_n_steps}
+    if options.every_n_steps is None:
+        every = {"train_time_interval": timedelta(minutes=options.every_minutes)}
+    steps = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="step-{step:08d}",
+        auto_insert_metric_name=False,
+        monitor="step",
+        mode="max",
+        save_top_k=options.keep_last,
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+        **every,
+    )
+    guard = NumericalGuard(options.max_bad_steps, lambda: newest_checkpoint_in(checkpoints))
+    kwargs.setdefault("logger", logger or CSVLogger(str(run.run_dir), name="logs"))
     kwargs["callbacks"] = [
         best,
         last,
+        steps,
+        guard,
+        PreemptionCallback(checkpoints),
         LearningRateMonitor(logging_interval="step"),
         *display.callbacks(kwargs, draw=run.spec.draw, pictures_dir=run.run_dir / "pictures"),
         *callbacks,
