@@ -14,6 +14,7 @@ and returns a `DataReport`. The DataModule applies it when it builds the split's
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +38,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 R = TypeVar("R")
 FIRST_SHOWN = 3
 
@@ -91,17 +91,44 @@ class DataReport:
 
 
 def check_threads() -> int:
-    """Threads for header checks: file opens and PNG decodes release the GIL, so a few help."""
+    """Workers for the checks: up to 8, never more than the CPUs."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, threads: int | None = None) -> list[R]:
-    """`[fn(x) for x in items]` in a thread pool (in order); plain loop for 1 thread or few items."""
-    threads = check_threads() if threads is None else threads
-    if threads <= 1 or len(items) < 64:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (threads * 8))))
+_WORK: Callable[[int], Any] | None = None  # the function forked processes run (inherited, never pickled)
+
+
+def _run_chunk(bounds: tuple[int, int]) -> list[Any]:
+    assert _WORK is not None
+    return [_WORK(i) for i in range(*bounds)]
+
+
+def parallel_map(
+    fn: Callable[[int], R], count: int, *, threads: int | None = None, processes: bool = False
+) -> list[R]:
+    """`[fn(i) for i in range(count)]`, in order, spread over workers.
+
+    Threads suit work that releases the GIL (PNG decodes, slow file systems); `processes=True`
+    forks workers for pure-Python work (header parsing, annotation checks). Small inputs, one
+    worker, or no `fork` on the platform: a plain loop.
+    """
+    global _WORK
+    workers = check_threads() if threads is None else threads
+    if workers <= 1 or count < 256:
+        return [fn(i) for i in range(count)]
+    if processes:
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return [fn(i) for i in range(count)]
+        step = -(-count // (workers * 4))
+        chunks = [(start, min(count, start + step)) for start in range(0, count, step)]
+        _WORK = fn
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                return [r for chunk in pool.map(_run_chunk, chunks) for r in chunk]
+        finally:
+            _WORK = None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, range(count), chunksize=max(1, count // (workers * 8))))
 
 
 def header_reason(error: Exception, path: Any) -> str:

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ __all__ = ["CocoDetection", "annotation_path", "image_dir", "segmentation_proble
 logger = logging.getLogger(__name__)
 
 Target = dict[str, Any]
+NUMBER_TYPES = {int, float}  # what JSON numbers parse to
 Transforms = Callable[[tv_tensors.Image, Target], tuple[Any, Target]]
 
 
@@ -103,7 +103,7 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> str | No
         return None  # no mask: the box stands in for it
     if isinstance(segmentation, list):
         for k, polygon in enumerate(segmentation):
-            if not isinstance(polygon, list) or not all(isinstance(v, Real) for v in polygon):
+            if not isinstance(polygon, list) or not set(map(type, polygon)) <= NUMBER_TYPES:
                 return f"polygon {k} is not a list of numbers"
             if len(polygon) < 6 or len(polygon) % 2:
                 return f"polygon {k} has {len(polygon)} numbers; a polygon needs an even count of at least 6 (3 points)"

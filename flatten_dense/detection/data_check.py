@@ -42,7 +42,7 @@ def check_coco(dataset: CocoDetection, *, split: str, threads: int | None = None
     """Check every sample of a COCO split (headers in a thread pool); the report lists each problem."""
 
     def run() -> DataReport:
-        per_sample = parallel_map(lambda i: _sample_problems(dataset, i), range(len(dataset)), threads=threads)
+        per_sample = parallel_map(lambda i: _sample_problems(dataset, i), len(dataset), threads=threads, processes=True)
         annotations = [a for i in dataset.ids for a in dataset.annotations_of(i)]
         report = DataReport(
             split=split,

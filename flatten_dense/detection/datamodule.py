@@ -62,6 +62,7 @@ class CocoDataModule(DenseDataModule):
         self.skip_bad_samples = skip_bad_samples
         self._raw: dict[Split, CocoDetection] = {}
         self.reports: dict[Split, DataReport] = {}
+        self.check_threads: int | None = None  # None: a few (core.data_check.check_threads)
         # built now so a bad pipeline setting fails before any data is read
         self.train_transforms: DetectionTransforms = build_detection_transforms(
             train_pipeline, min_size=sizes, max_size=train_max_size, flip_prob=flip_prob
@@ -89,7 +90,7 @@ class CocoDataModule(DenseDataModule):
             self.reports[split] = (
                 DataReport(**{**vars(self.reports[same]), "split": split})
                 if same is not None
-                else check_coco(raw, split=split)
+                else check_coco(raw, split=split, threads=self.check_threads)
             )
         return self.reports[split]
 

@@ -62,7 +62,7 @@ def check_ade20k(dataset: ADE20KDataset, *, split: str, num_classes: int, thread
     """Check every sample of an ADE20K split; the report lists each bad sample."""
 
     def run() -> DataReport:
-        results = parallel_map(lambda i: _sample(dataset, i, num_classes), range(len(dataset)), threads=threads)
+        results = parallel_map(lambda i: _sample(dataset, i, num_classes), len(dataset), threads=threads)
         report = DataReport(
             split=split,
             source=str(dataset.root / "images" / dataset.split),

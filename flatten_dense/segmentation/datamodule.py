@@ -87,6 +87,7 @@ class ADE20KDataModule(DenseDataModule):
         self.skip_bad_samples = skip_bad_samples
         self._raw: dict[Split, ADE20KDataset] = {}
         self.reports: dict[Split, DataReport] = {}
+        self.check_threads: int | None = None  # None: a few (core.data_check.check_threads)
 
     @property
     def num_classes(self) -> int:
@@ -113,7 +114,9 @@ class ADE20KDataModule(DenseDataModule):
             if same is not None and split != "train":
                 self.reports[split] = DataReport(**{**vars(self.reports[same]), "split": split})
             else:
-                self.reports[split] = check_ade20k(self._raw_dataset(split), split=split, num_classes=self.num_classes)
+                self.reports[split] = check_ade20k(
+                    self._raw_dataset(split), split=split, num_classes=self.num_classes, threads=self.check_threads
+                )
         return self.reports[split]
 
     def build_dataset(self, split: Split) -> ADE20KDataset:
