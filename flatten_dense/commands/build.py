@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig
 
+from flatten_dense.commands.common import writable_dir
 from flatten_dense.core.checkpointing import AtomicCheckpointIO, BestCheckpoint, CheckpointOptions
 from flatten_dense.core.config import ConfigError, load_config, resolve_run_dir, to_container
 from flatten_dense.core.paths import resolve_config
@@ -76,7 +77,7 @@ def load_run(config: str | os.PathLike, overrides: Sequence[str] = (), *, create
     validate_config(cfg, spec=spec, source=source)
     run_dir = resolve_run_dir(cfg, config_path=config)
     if create_run_dir:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        writable_dir(run_dir, "run folder (trainer.default_root_dir)")  # one line for a file, /sys, no permission
     return Run(cfg=cfg, spec=spec, run_dir=run_dir, source=source)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from flatten_dense.core.config import ConfigError
 
-__all__ = ["format_table", "pop_option", "require_file", "write_json"]
+__all__ = ["format_table", "pop_option", "require_file", "writable_dir", "write_json"]
 
 
 def pop_option(overrides: list[str], key: str) -> tuple[str | None, list[str]]:
@@ -48,4 +49,22 @@ def require_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
+    return path
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """Create the folder `path` if need be and prove it writable, before any work starts.
+
+    ConfigError (one line naming `what` and the path) for a file in the way, a read-only or
+    virtual file system (/sys, /proc) or a missing permission.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be written: {error.strerror or error}") from None
     return path

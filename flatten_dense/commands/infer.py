@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from flatten_dense.commands.build import load_run, task_from_checkpoint
+from flatten_dense.commands.common import writable_dir
 from flatten_dense.core.config import ConfigError
 from flatten_dense.core.image_io import IMAGE_SUFFIXES, read_rgb_image, write_png
 
@@ -50,11 +51,8 @@ def infer(
     """Predict on image files (or folders of them) and save drawings; returns the written paths."""
     run = load_run(config, overrides, create_run_dir=False)
     paths = expand_images(images)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file, not a folder")
+    out_dir = writable_dir(out_dir, "--out")  # before the checkpoint is read
     task = task_from_checkpoint(run, checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with torch.no_grad():
         for path in paths:

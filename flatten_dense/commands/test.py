@@ -12,8 +12,16 @@ from typing import Any
 
 import lightning as L
 
-from flatten_dense.commands.build import build_datamodule, build_trainer, load_run, load_task_weights, task_for_data
-from flatten_dense.commands.common import format_table, require_file, write_json
+from flatten_dense.commands.build import (
+    build_datamodule,
+    build_trainer,
+    check_checkpoint_task,
+    load_run,
+    load_task_weights,
+    read_training_checkpoint,
+    task_for_data,
+)
+from flatten_dense.commands.common import format_table, require_file, writable_dir, write_json
 from flatten_dense.core.config import ConfigError
 
 __all__ = ["metrics_report", "test"]
@@ -41,6 +49,8 @@ def test(
     """Evaluate a checkpoint on the config's test split; returns {'metrics': ..., 'per_class': ...}."""
     checkpoint = require_file(checkpoint, "checkpoint")
     run = load_run(config, overrides)
+    payload = read_training_checkpoint(checkpoint)  # a bad file is one line before any data is read
+    check_checkpoint_task(run, payload, checkpoint)
     if aug_test:
         if "evaluation" not in run.spec.sections:
             raise ConfigError(f"--aug-test needs a config with an 'evaluation' section; {run.task_name} has none")
@@ -51,11 +61,12 @@ def test(
             raise ConfigError(
                 f"--results-prefix applies to configs whose task writes result files, not {run.task_name}"
             )
+        writable_dir(Path(results_prefix).parent, "--results-prefix folder")  # before the evaluation, not after
         callbacks.append(run.spec.results_writer(results_prefix))
     L.seed_everything(int(run.cfg.get("seed", 0)), workers=True)
     datamodule = build_datamodule(run)
     task = task_for_data(run, datamodule, load_pretrained=False)
-    load_task_weights(run, task, checkpoint)
+    load_task_weights(run, task, checkpoint, payload=payload)
     trainer = build_trainer(run, evaluation=True, callbacks=callbacks)
     logged = trainer.test(task, datamodule=datamodule, verbose=False)
     # The logged metrics come back from spawned processes too; per-class rows exist in-process only.

@@ -103,9 +103,7 @@ def _run_chunk(bounds: tuple[int, int]) -> list[Any]:
     return [_WORK(i) for i in range(*bounds)]
 
 
-def parallel_map(
-    fn: Callable[[int], R], count: int, *, threads: int | None = None, processes: bool = False
-) -> list[R]:
+def parallel_map(fn: Callable[[int], R], count: int, *, threads: int | None = None, processes: bool = False) -> list[R]:
     """`[fn(i) for i in range(count)]`, in order, spread over workers.
 
     Threads suit work that releases the GIL (PNG decodes, slow file systems); `processes=True`
