@@ -27,6 +27,7 @@ from flatten_dense.core.paths import resolve_config
 from flatten_dense.core.launch import check_launch
 from flatten_dense.core.numerics import NumericalGuard, newest_checkpoint_in
 from flatten_dense.core.preemption import PreemptionCallback
+from flatten_dense.core.resumable_sampler import RestoreDataPosition
 from flatten_dense.core.run_logging import LoggingOptions
 from flatten_dense.core.task import DenseTask, TaskSpec
 from flatten_dense.core.validate import VALIDATED_SECTIONS, validate_config
@@ -195,6 +196,7 @@ def build_trainer(
         steps,
         guard,
         PreemptionCallback(checkpoints),
+        RestoreDataPosition(),
         LearningRateMonitor(logging_interval="step"),
         *display.callbacks(kwargs, draw=run.spec.draw, pictures_dir=run.run_dir / "pictures"),
         *callbacks,

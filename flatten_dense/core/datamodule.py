@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from flatten_dense.core.collate import collate_as_lists
+from flatten_dense.core.resumable_sampler import ResumableDataLoader, SampleSeeded
 from flatten_dense.core.samplers import eval_sampler, train_sampler
 
 __all__ = ["DenseDataModule", "Split"]
@@ -81,17 +82,32 @@ class DenseDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by (seed, epoch), each sample read under its own seed; Lightning saves and restores
+        the position in the epoch with every checkpoint, so a resumed run sees the same batches."""
         dataset = self.dataset("train")
         sampler = train_sampler(dataset, seed=self.seed)
         # never drop the only batch there is
         drop_last = self.drop_last_train and len(sampler) >= self.batch_size
-        return self._loader(
-            dataset,
+        return ResumableDataLoader(
+            SampleSeeded(dataset),
             batch_size=self.batch_size,
             sampler=sampler,
-            collate_fn=type(self).train_collate,
             drop_last=drop_last,
+            collate_fn=type(self).train_collate,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # loader seeds drawn here, not from the global RNG
+            progress=self.train_progress,
         )
+
+    def train_progress(self) -> tuple[int, bool]:
+        """(training batches done in the current epoch, whether that epoch's batches are all done)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, False
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done, done >= trainer.num_training_batches
 
     def _eval_loader(self, split: Split) -> DataLoader:
         dataset = self.dataset(split)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import Sampler, SequentialSampler
+
+from flatten_dense.core.resumable_sampler import ResumableSampler
 
 __all__ = ["ShardedEvalSampler", "distributed_world", "train_sampler", "eval_sampler"]
 
@@ -40,14 +41,11 @@ class ShardedEvalSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-def train_sampler(dataset, *, seed: int = 0) -> Sampler[int]:
-    """Shuffling sampler: a `DistributedSampler` under DDP (Lightning calls its `set_epoch`)."""
+def train_sampler(dataset, *, seed: int = 0) -> ResumableSampler:
+    """Shuffling sampler, this rank's shard: the order depends on (seed, epoch) only, and a resumed
+    run starts part-way into an epoch (Lightning calls its `set_epoch`)."""
     rank, world_size = distributed_world()
-    if world_size > 1:
-        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return RandomSampler(dataset, generator=generator)
+    return ResumableSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
 
 
 def eval_sampler(dataset) -> Sampler[int]:

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from flatten_dense.core.checkpointing import CheckpointOptions
 from flatten_dense.core.config import kwargs_problems, raise_problems, to_container, top_level_problems
 from flatten_dense.core.optim import build_optimizer, build_scheduler
 from flatten_dense.core.run_logging import LoggingOptions
@@ -24,12 +25,12 @@ __all__ = ["RUN_KEYS", "VALIDATED_SECTIONS", "validate_config"]
 # run-level keys: the task's name, the random seed, the run folder
 RUN_KEYS: dict[str, type] = {"task": str, "seed": int, "run_dir": str}
 # sections checked whole against their receivers (the task may add its own, e.g. `evaluation`)
-VALIDATED_SECTIONS = ("model", "data", "trainer", "optimizer", "scheduler", "evaluation", "logging")
+VALIDATED_SECTIONS = ("model", "data", "trainer", "optimizer", "scheduler", "evaluation", "checkpoint", "logging")
 # keys of a section that the run fills in itself: a config setting them would be silently overridden
 SET_BY_RUN: dict[str, tuple[str, ...]] = {
     "optimizer": ("model",),
     "scheduler": ("optimizer", "steps_per_epoch", "max_epochs", "max_steps"),
-    "trainer": ("use_distributed_sampler", "callbacks"),
+    "trainer": ("use_distributed_sampler", "callbacks", "plugins"),
 }
 
 
@@ -53,6 +54,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, spec: TaskSpec, sour
         "trainer": L.Trainer,
         "optimizer": build_optimizer,
         "scheduler": build_scheduler,
+        "checkpoint": CheckpointOptions,
         "logging": LoggingOptions,
         **spec.sections,
     }
