@@ -134,7 +134,8 @@ def header_reason(error: Exception, path: Any) -> str:
     if isinstance(error, FileNotFoundError):
         return "file not found"
     text = str(error)
-    return text.split(f"{path}: ", 1)[1] if f"{path}: " in text else text
+    text = text.split(f"{path}: ", 1)[1] if f"{path}: " in text else text
+    return text.replace(f"'{path}'", "it")  # PIL: "cannot identify image file '<path>'"
 
 
 def timed(fn: Callable[[], DataReport]) -> DataReport:
