@@ -17,7 +17,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
-from flatten_dense.commands.build import Run, build_datamodule, build_trainer, load_run, task_for_data
+from flatten_dense.commands.build import (
+    Run,
+    build_datamodule,
+    build_trainer,
+    load_run,
+    read_training_checkpoint,
+    task_for_data,
+)
 from flatten_dense.commands.common import pop_option, write_json
 from flatten_dense.core.checkpointing import newest_complete_checkpoint
 from flatten_dense.core.config import ConfigError
@@ -37,6 +44,7 @@ def _resume_path(resume: str | None, run_dir: Path) -> str | None:
     if resume not in (None, "auto"):
         if not Path(resume).is_file():
             raise ConfigError(f"resume checkpoint not found: {resume}")
+        read_training_checkpoint(resume)  # garbage, truncated or code-running: one line, before any work
         return resume
     rank = process_rank()
     found = newest_complete_checkpoint(run_dir, rename=rank == 0)
