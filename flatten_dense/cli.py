@@ -1,4 +1,4 @@
-"""`flatten-dense train|test|infer|check-data|benchmark|demo`; the scripts in tools/ call the same functions.
+"""`flatten-dense train|test|infer|check-data|benchmark|demo|plot`; the scripts in tools/ call the same functions.
 
 Every error is printed as one line (exit code 2 for a mistake in the input: config, files,
 checkpoints, images; 1 for anything else); set FLATTEN_DENSE_DEBUG=1 to see the original
@@ -81,6 +81,15 @@ def _demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plot_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatten-dense plot", description="a run's losses, learning rate and validation metrics in one PNG"
+    )
+    parser.add_argument("run_dir", help="the run folder (it holds logs/version_*/metrics.csv)")
+    parser.add_argument("--out", help="the PNG to write (default RUN_DIR/curves.png)")
+    return parser
+
+
 def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """(overrides, other positionals): an override is any `key=value` item."""
     return [i for i in items if "=" in i], [i for i in items if "=" not in i]
@@ -126,12 +135,21 @@ def _demo(args: argparse.Namespace) -> object:
     return demo(task=args.task, out_dir=args.out, config=args.config)
 
 
+def _plot(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.plot import plot_run
+
+    path = plot_run(args.run_dir, args.out)
+    print(f"curves: {path}")
+    return path
+
+
 COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], object]]] = {
     "train": (_train_parser, _train),
     "test": (_test_parser, _test),
     "infer": (_infer_parser, _infer),
     "check-data": (_check_data_parser, _check_data),
     "demo": (_demo_parser, _demo),
+    "plot": (_plot_parser, _plot),
 }
 
 
