@@ -28,7 +28,7 @@ from flatten_dense.commands.build import (
 from flatten_dense.commands.common import pop_option, write_json
 from flatten_dense.core.checkpointing import newest_complete_checkpoint
 from flatten_dense.core.config import ConfigError
-from flatten_dense.core.launch import process_rank
+from flatten_dense.core.launch import check_launch, process_rank
 from flatten_dense.core.rng_state import RNGStateCallback
 from flatten_dense.core.run_log import RunCSVLogger, latest_version
 
@@ -76,6 +76,7 @@ def train(config: str | Path, overrides: list[str] = ()) -> dict[str, float]:
     """Train from a config; returns the final logged metrics (also in RUN_DIR/train_metrics.json)."""
     resume, overrides = pop_option(list(overrides), "resume")
     run = load_run(config, overrides)
+    check_launch(run.section("trainer"))  # a launcher/trainer mismatch fails before data and model are built
     L.seed_everything(int(run.cfg.get("seed", 0)), workers=True)
     datamodule = build_datamodule(run)
     task = task_for_data(run, datamodule)

@@ -25,6 +25,14 @@ from flatten_dense.core.config import ConfigError
 __all__ = ["LaunchWorld", "check_launch", "launcher_world"]
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args: Any) -> None:
+    text = message % args
+    if text not in _warned:
+        _warned.add(text)
+        log.warning(text)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ def check_launch(trainer: dict[str, Any]) -> dict[str, Any]:
         devices, nodes = trainer.get("devices", "auto"), int(trainer.get("num_nodes", 1) or 1)
         if devices in ("auto", -1, "-1", None):
             if world.rank == 0:
-                log.warning(
+                _warn_once(
                     "%s started %d processes (%d per node, %d nodes): using trainer.devices=%d trainer.num_nodes=%d",
                     world.launcher,
                     world.world_size,
@@ -107,7 +115,7 @@ def check_launch(trainer: dict[str, Any]) -> dict[str, Any]:
             )
     if trainer.get("sync_batchnorm") and _on_cpu(trainer):
         if (world.rank if world else 0) == 0:
-            log.warning(
+            _warn_once(
                 "trainer.sync_batchnorm=true needs CUDA; these are CPU processes, so BatchNorm stays per-process"
             )
         trainer["sync_batchnorm"] = False

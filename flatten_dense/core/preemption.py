@@ -54,6 +54,17 @@ def _requeue_slurm_job() -> None:
         log.warning("scontrol requeue %s failed with code %d", job, result.returncode)
 
 
+def _log_this_step(trainer: L.Trainer) -> None:
+    """Send this step's metrics to the loggers now, as the loop would after this hook (so the resumed
+    run's log has no gap)."""
+    connector = trainer._logger_connector
+    try:
+        connector.on_batch_end()
+        connector.update_train_step_metrics()
+    except Exception as error:  # private Lightning API: a missing log line must not block the exit
+        log.debug("could not log the last step before exiting: %s", error)
+
+
 class PreemptionCallback(L.Callback):
     """Installs the flag-only handlers at train start (after Lightning's, which it replaces)."""
 
@@ -97,6 +108,7 @@ class PreemptionCallback(L.Callback):
             return
         path = self.checkpoint_dir / "last.ckpt"
         trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
+        _log_this_step(trainer)
         name = signal.Signals(signum).name
         if trainer.is_global_zero:
             log.warning(

@@ -72,7 +72,7 @@ class DetectionTask(DenseTask):
         images, targets = batch
         losses = self.model(images, training_targets(targets, with_masks=self.with_masks))
         loss = sum(losses.values())
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images), sync_dist=True)  # mean over ranks
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(images))
         return loss
 

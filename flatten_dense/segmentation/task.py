@@ -60,7 +60,7 @@ class SegmentationTask(DenseTask):
         images, labels = batch
         losses = self.model.loss(images, labels)
         batch_size = len(images)
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=batch_size, sync_dist=True)  # mean over ranks
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=batch_size)
         return losses["loss"]
 
