@@ -21,6 +21,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image, ImageDraw
 
+from flatten_dense.core.run_logging import progress
+
 __all__ = ["CATEGORIES", "make_synthetic_coco", "main"]
 
 # id, name, shape, RGB colour: one shape and one distinct colour per category
@@ -173,7 +175,7 @@ def _write_split(
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     ann_id = first_ann_id
-    for index in range(count):
+    for index in progress(range(count), desc=f"synthetic {split}2017"):
         image_id = first_image_id + index
         image, anns = _make_image(rng, index, image_id, ann_id, height, width)
         file_name = f"{image_id:012d}.png"

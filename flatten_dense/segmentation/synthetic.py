@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from flatten_dense.core.run_logging import progress
+
 __all__ = ["make_synthetic_ade20k", "main"]
 
 NUM_PATTERNS = 5
@@ -119,7 +121,7 @@ def make_synthetic_ade20k(
         label_dir = root / "annotations" / split
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
+        for i in progress(range(count), desc=f"synthetic {split}"):
             height = int(round(base_h * rng.uniform(0.8, 1.2)))
             width = int(round(base_w * rng.uniform(0.8, 1.2)))
             image, label = _make_sample(rng, height, width, colours)
