@@ -51,8 +51,11 @@ def infer(
     """Predict on image files (or folders of them) and save drawings; returns the written paths."""
     run = load_run(config, overrides, create_run_dir=False)
     paths = expand_images(images)
-    out_dir = writable_dir(out_dir, "--out")  # before the checkpoint is read
-    task = task_from_checkpoint(run, checkpoint)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a folder")
+    task = task_from_checkpoint(run, checkpoint)  # a refused checkpoint leaves no --out folder behind
+    writable_dir(out_dir, "--out")  # before the first image
     written = []
     with torch.no_grad():
         for path in paths:
