@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from flatten_dense.core.cpu_allocator import tune_cpu_allocator
+from flatten_dense.core.run_logging import progress
 
 from .flops import matmul_flops_per_second
 from .measure import MeasureOptions
@@ -182,25 +183,24 @@ def main(argv: list[str] | None = None) -> int:
     targets, pairs = _targets(args)
     rows = []
     # Sizes outermost: the models being compared are measured minutes, not an hour, apart.
-    for size in args.sizes:
-        for batch in args.batch:
-            for target in targets:
-                target_options = baseline_options if target.root else options
-                if target.compiled is not None:
-                    target_options = replace(target_options, compile=target.compiled)
-                row = run_measurement(
-                    target.spec,
-                    size,
-                    batch,
-                    target_options,
-                    subprocess_per_run=not args.in_process,
-                    source_root=target.root,
-                )
-                label = target.label
-                row.update(model=label, spec=target.spec, size=list(size), batch=batch)
-                rows.append(row)
-                status = row.get("error") or f"{row['latency_ms']:.1f} ms, {row['peak_mem_mb']:.0f} MiB"
-                print(f"  {label} {size[0]}x{size[1]} b{batch}: {status}", flush=True)
+    runs = [(size, batch, target) for size in args.sizes for batch in args.batch for target in targets]
+    for size, batch, target in progress(runs, desc="benchmark", every_n_seconds=0):  # bar or ETA lines
+        target_options = baseline_options if target.root else options
+        if target.compiled is not None:
+            target_options = replace(target_options, compile=target.compiled)
+        row = run_measurement(
+            target.spec,
+            size,
+            batch,
+            target_options,
+            subprocess_per_run=not args.in_process,
+            source_root=target.root,
+        )
+        label = target.label
+        row.update(model=label, spec=target.spec, size=list(size), batch=batch)
+        rows.append(row)
+        status = row.get("error") or f"{row['latency_ms']:.1f} ms, {row['peak_mem_mb']:.0f} MiB"
+        print(f"  {label} {size[0]}x{size[1]} b{batch}: {status}", flush=True)
     # The yardstick is the best of the matmul peaks measured before and after the models (a shared
     # machine's throughput drifts during a long run; the higher figure is the stricter one).
     peak_end = matmul_flops_per_second(args.device, dtype=peak_dtype, sizes=tuple(args.matmul_sizes))
