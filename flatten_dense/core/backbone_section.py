@@ -8,9 +8,10 @@ from typing import Any
 
 from flatten_dense.core.config import ConfigError, kwargs_problems
 from flatten_dense.models import create_backbone
-from flatten_dense.models.registry import model_spec
+from flatten_dense.models.pyramid_model import PyramidOptions
+from flatten_dense.models.registry import MODEL_SPECS, model_spec
 
-__all__ = ["backbone_problems", "split_backbone_section"]
+__all__ = ["backbone_keys", "backbone_problems", "split_backbone_section"]
 
 BUILDER_KEYS = frozenset(inspect.signature(create_backbone).parameters) - {"name", "kwargs"}
 
@@ -36,3 +37,15 @@ def split_backbone_section(backbone: Mapping[str, Any]) -> tuple[str, dict[str, 
         raise ConfigError(problems[0])
     kwargs = dict(backbone)
     return kwargs.pop("name"), kwargs
+
+
+def backbone_keys() -> set[str]:
+    """Every key a `model.backbone` section may hold, over all registered families."""
+    keys = {"name", *BUILDER_KEYS, *PyramidOptions.__annotations__}
+    for family in {spec.family for spec in MODEL_SPECS.values()}:
+        keys |= {
+            name
+            for name, p in inspect.signature(family).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+    return keys - {"options", "num_classes"}  # the class count comes from the model section

@@ -8,7 +8,7 @@ base class never needs to know which task it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +69,7 @@ class TaskSpec:
 
     datamodule / module: the LightningDataModule and DenseTask classes a config of this task builds.
     model_problems: every problem of a plain `model` section (checked at load time, before building).
+    model_keys: every key a `model` section may hold (dotted below it), for the config reference.
     sections: the task's own top-level config sections and the callable each one is passed to.
     data_from_model: data keys the run derives from the model section (so the two cannot disagree).
     module_kwargs: keyword arguments of `module` taken from the datamodule (class names, ids, ...).
@@ -82,6 +83,7 @@ class TaskSpec:
     datamodule: type[L.LightningDataModule]
     module: type[DenseTask]
     model_problems: Callable[[Mapping[str, Any]], list[str]]
+    model_keys: Callable[[], Iterable[str]]
     draw: Callable[[DenseTask, Tensor, float], Tensor]
     monitor: str
     demo_config: str

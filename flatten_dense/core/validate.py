@@ -19,7 +19,7 @@ from flatten_dense.core.optim import build_optimizer, build_scheduler
 from flatten_dense.core.run_logging import LoggingOptions
 from flatten_dense.core.task import TaskSpec
 
-__all__ = ["RUN_KEYS", "VALIDATED_SECTIONS", "validate_config"]
+__all__ = ["RUN_KEYS", "SET_BY_RUN", "VALIDATED_SECTIONS", "section_receivers", "validate_config"]
 
 
 # run-level keys: the task's name, the random seed, the run folder
@@ -46,10 +46,9 @@ def _section_problems(name: str, section: Any, receiver: Callable[..., Any]) -> 
     return problems + kwargs_problems(receiver, checked, where=name)
 
 
-def validate_config(cfg: DictConfig | Mapping[str, Any], *, spec: TaskSpec, source: str | os.PathLike | None) -> None:
-    """Raise one ConfigError listing every problem of a loaded config of the task `spec`."""
-    plain = to_container(cfg)
-    sections: dict[str, Callable[..., Any]] = {
+def section_receivers(spec: TaskSpec) -> dict[str, Callable[..., Any]]:
+    """Each top-level section of a config of this task (but `model`) and the callable that receives it."""
+    return {
         "data": spec.datamodule,
         "trainer": L.Trainer,
         "optimizer": build_optimizer,
@@ -58,6 +57,12 @@ def validate_config(cfg: DictConfig | Mapping[str, Any], *, spec: TaskSpec, sour
         "logging": LoggingOptions,
         **spec.sections,
     }
+
+
+def validate_config(cfg: DictConfig | Mapping[str, Any], *, spec: TaskSpec, source: str | os.PathLike | None) -> None:
+    """Raise one ConfigError listing every problem of a loaded config of the task `spec`."""
+    plain = to_container(cfg)
+    sections = section_receivers(spec)
     problems = top_level_problems(plain, allowed=[*RUN_KEYS, "model", *sections])
     for key, kind in RUN_KEYS.items():
         value = plain.get(key)

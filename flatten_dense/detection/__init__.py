@@ -4,7 +4,7 @@ COCO metric and result files, the LightningModule, and this task's `SPEC` for th
 from flatten_dense.core.task import TaskSpec
 from flatten_dense.detection.builders import DETECTORS, build_detector, detector_options, list_detectors
 from flatten_dense.detection.datamodule import CocoDataModule
-from flatten_dense.detection.model_config import data_from_detector, detector_problems
+from flatten_dense.detection.model_config import data_from_detector, detector_model_keys, detector_problems
 from flatten_dense.detection.results import CocoResultsWriter
 from flatten_dense.detection.synthetic import make_synthetic_coco
 from flatten_dense.detection.task import DetectionTask
@@ -21,6 +21,7 @@ SPEC = TaskSpec(
     datamodule=CocoDataModule,
     module=DetectionTask,
     model_problems=detector_problems,
+    model_keys=detector_model_keys,
     draw=draw_detection_prediction,
     monitor="val/bbox_mAP",
     demo_config="detection/demo_mask_rcnn_flatten_pvt_v2_b0_synthetic.yaml",

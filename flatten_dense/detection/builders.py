@@ -119,19 +119,13 @@ TORCHVISION_CLASSES: dict[str, type] = {
     "fcos": FCOS,
 }
 SET_BY_BUILDER = {
-    "self",
-    "backbone",
-    "num_classes",
-    "kwargs",
-    "box_head",
-    "box_predictor",
-    "mask_head",
-    "mask_predictor",
-    "min_size",
-    "max_size",
-    "image_mean",
-    "image_std",
-}
+    "self", "backbone", "num_classes", "kwargs", "box_head", "box_predictor", "mask_head", "mask_predictor",
+    "min_size", "max_size", "image_mean", "image_std",
+}  # fmt: skip
+# torchvision options that take a built module: a YAML value cannot be one
+MODULE_OPTIONS = {
+    "anchor_generator", "head", "proposal_matcher", "box_roi_pool", "mask_roi_pool", "rpn_anchor_generator", "rpn_head",
+}  # fmt: skip
 # The cascade sets IoU thresholds and box coders per stage instead of torchvision's single values.
 CASCADE_OPTIONS = {"stage_iou_thresholds", "stage_loss_weights"}
 REPLACED_BY_CASCADE = {"box_fg_iou_thresh", "box_bg_iou_thresh", "bbox_reg_weights"}
@@ -151,7 +145,7 @@ def detector_has_masks(name: str) -> bool:
 
 def detector_options(name: str) -> set[str]:
     """Keyword arguments of the torchvision detector `name` that callers may pass through."""
-    options = set(inspect.signature(TORCHVISION_CLASSES[name]).parameters) - SET_BY_BUILDER
+    options = set(inspect.signature(TORCHVISION_CLASSES[name]).parameters) - SET_BY_BUILDER - MODULE_OPTIONS
     if name == "cascade_mask_rcnn":
         return (options - REPLACED_BY_CASCADE) | CASCADE_OPTIONS
     return options

@@ -12,12 +12,12 @@ from typing import Any
 
 from torch import nn
 
-from flatten_dense.core.backbone_section import backbone_problems, split_backbone_section
+from flatten_dense.core.backbone_section import backbone_keys, backbone_problems, split_backbone_section
 from flatten_dense.core.config import kwargs_problems
 from flatten_dense.core.suggest import suggest
 from flatten_dense.detection.builders import build_detector, detector_has_masks, detector_options, list_detectors
 
-__all__ = ["build_detector_from_section", "data_from_detector", "detector_problems"]
+__all__ = ["build_detector_from_section", "data_from_detector", "detector_model_keys", "detector_problems"]
 
 # build_detector's own keys a config may set (the rest are set from the other keys)
 BUILDER_KEYS = set(inspect.signature(build_detector).parameters) - {
@@ -59,3 +59,9 @@ def build_detector_from_section(model: Mapping[str, Any]) -> nn.Module:
 def data_from_detector(model: Mapping[str, Any]) -> dict[str, Any]:
     """Data keys the detector decides: masks are loaded exactly when the detector trains on them."""
     return {"with_masks": detector_has_masks(str(model.get("detector")))}
+
+
+def detector_model_keys() -> set[str]:
+    """Every key of a detection `model` section, over all detectors (for the config reference)."""
+    options = set().union(*(detector_options(name) for name in list_detectors()))
+    return {"detector", *BUILDER_KEYS, *options} | {f"backbone.{key}" for key in backbone_keys()}

@@ -10,7 +10,7 @@ from flatten_dense.segmentation.inference import (
     whole_inference,
 )
 from flatten_dense.segmentation.metrics import SegmentationMetrics
-from flatten_dense.segmentation.model_config import segmentor_problems
+from flatten_dense.segmentation.model_config import segmentor_model_keys, segmentor_problems
 from flatten_dense.segmentation.segmentor import EncoderDecoder, build_segmentor
 from flatten_dense.segmentation.synthetic import make_synthetic_ade20k
 from flatten_dense.segmentation.task import SegmentationTask
@@ -36,6 +36,7 @@ SPEC = TaskSpec(
     datamodule=ADE20KDataModule,
     module=SegmentationTask,
     model_problems=segmentor_problems,
+    model_keys=segmentor_model_keys,
     draw=draw_segmentation_prediction,
     monitor="val/mIoU",
     demo_config="segmentation/demo_sem_fpn_flatten_pvt_v2_b0_synthetic.yaml",

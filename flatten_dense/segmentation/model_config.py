@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flatten_dense.core.backbone_section import backbone_problems, split_backbone_section
+from flatten_dense.core.backbone_section import backbone_keys, backbone_problems, split_backbone_section
 from flatten_dense.core.config import kwargs_problems
+from flatten_dense.core.config_keys import parameter_names
 from flatten_dense.segmentation.segmentor import EncoderDecoder, build_segmentor
 
-__all__ = ["build_segmentor_from_section", "segmentor_problems"]
+__all__ = ["build_segmentor_from_section", "segmentor_model_keys", "segmentor_problems"]
 
 
 def segmentor_problems(model: Mapping[str, Any]) -> list[str]:
@@ -27,3 +28,9 @@ def build_segmentor_from_section(model: Mapping[str, Any]) -> EncoderDecoder:
     if isinstance(section.get("test_scale"), list):
         section["test_scale"] = tuple(section["test_scale"])
     return build_segmentor(backbone=name, backbone_kwargs=backbone_kwargs, **section)
+
+
+def segmentor_model_keys() -> set[str]:
+    """Every key of a segmentation `model` section (for the config reference)."""
+    own = parameter_names(build_segmentor, skip=("backbone", "backbone_kwargs"))
+    return {*own} | {f"backbone.{key}" for key in backbone_keys()}
