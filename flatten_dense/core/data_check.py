@@ -135,7 +135,7 @@ def header_reason(error: Exception, path: Any) -> str:
         return "file not found"
     text = str(error)
     text = text.split(f"{path}: ", 1)[1] if f"{path}: " in text else text
-    return text.replace(f"'{path}'", "it")  # PIL: "cannot identify image file '<path>'"
+    return text.replace(f" '{path}'", "")  # PIL: "cannot identify image file '<path>'"
 
 
 def timed(fn: Callable[[], DataReport]) -> DataReport:
