@@ -23,6 +23,7 @@ from flatten_dense.commands.build import (
 )
 from flatten_dense.commands.common import format_table, require_file, writable_dir, write_json
 from flatten_dense.core.config import ConfigError
+from flatten_dense.core.spawn_results import SpawnedTestResults
 
 __all__ = ["metrics_report", "test"]
 
@@ -67,17 +68,20 @@ def test(
     datamodule = build_datamodule(run)
     task = task_for_data(run, datamodule, load_pretrained=False)
     load_task_weights(run, task, checkpoint, payload=payload)
-    trainer = build_trainer(run, evaluation=True, callbacks=callbacks)
+    spawned = SpawnedTestResults(run.run_dir / ".test_results.json", writers=callbacks)
+    trainer = build_trainer(run, evaluation=True, callbacks=[*callbacks, spawned])
     logged = trainer.test(task, datamodule=datamodule, verbose=False)
-    # The logged metrics come back from spawned processes too; per-class rows exist in-process only.
+    # The logged metrics come back from spawned processes too; per-class rows and result files through a file.
+    carried = spawned.read()
     summary = {
         "config": str(config),
         "checkpoint": str(checkpoint),
         "metrics": {name: float(value) for name, value in logged[0].items()},
-        "per_class": task.test_summary.get("per_class", []),
+        "per_class": task.test_summary.get("per_class") or carried.get("test_summary", {}).get("per_class", []),
     }
     if callbacks:
-        summary["results"] = {iou_type: str(path) for iou_type, path in callbacks[0].written.items()}
+        written = callbacks[0].written or (carried.get("written") or [{}])[0]
+        summary["results"] = {iou_type: str(path) for iou_type, path in written.items()}
     if trainer.is_global_zero:
         print(metrics_report(summary))
         write_json(run.run_dir / "metrics.json", summary)
