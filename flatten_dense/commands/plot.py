@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flatten_dense.core.config import ConfigError
+from flatten_dense.core.run_logging import DETAIL_METRICS
 
 __all__ = ["plot_run", "read_run_log"]
 
 Series = dict[str, tuple[list[float], list[float]]]  # name -> (steps, values)
-# validation entries left out of the panel: COCO per-size APs and the recalls
-HIDDEN_VALIDATION = re.compile(r"_(s|m|l)$|mAR")
 
 
 def _version_number(path: Path) -> int:
@@ -86,7 +85,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     panels = [
         ("training losses", [n for n in series if n.startswith("train/")], True),
         ("learning rate", [n for n in series if n.startswith("lr-")], False),
-        ("validation", [n for n in series if n.startswith("val/") and not HIDDEN_VALIDATION.search(n)], False),
+        ("validation", [n for n in series if n.startswith("val/") and not DETAIL_METRICS.search(n)], False),
     ]
     panels = [panel for panel in panels if panel[1]]
     if not panels:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,12 +32,14 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 from flatten_dense.core.prediction_pictures import Draw, PredictionPictures
 
-__all__ = ["LineProgress", "LoggingOptions", "format_eta", "progress", "silence_lightning_tips"]
+__all__ = ["DETAIL_METRICS", "LineProgress", "LoggingOptions", "format_eta", "progress", "silence_lightning_tips"]
 
 T = TypeVar("T")
 TIP_PREFIX = "💡 Tip"
 # the logger Lightning's rank_zero_info writes through (lightning.pytorch.utilities.rank_zero sets it)
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+# metrics left out of log lines and curves to keep them readable: COCO's per-size APs and recalls
+DETAIL_METRICS = re.compile(r"_(s|m|l)$|mAR")
 
 
 class _DropTips(logging.Filter):
@@ -191,7 +194,11 @@ class LineProgress(ProgressBar):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+        metrics = {
+            k: v
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/") and v.numel() == 1 and not DETAIL_METRICS.search(k)
+        }
         shown = " ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()))
         took = format_eta(time.monotonic() - self._eval_start)
         self.print(f"[val] epoch {trainer.current_epoch + 1} step {trainer.global_step} {shown} ({took})".rstrip())
