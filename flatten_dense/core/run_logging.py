@@ -225,14 +225,15 @@ class LoggingOptions:
     progress: "auto" is a TQDM bar when stdout is a terminal, else `LineProgress` lines every
     `every_n_steps` steps or `every_n_seconds` seconds; "bar" and "lines" force one of them.
     pictures: validation images drawn with predictions at each validation (0: none), written to
-    RUN_DIR/pictures/epoch_XXX.png (and TensorBoard); detections from `picture_score_threshold` up.
+    RUN_DIR/pictures/epoch_XXX.png (and TensorBoard); detections from `picture_score_threshold` up
+    (0.3: lower than infer's 0.5, so early epochs show their first hesitant detections).
     """
 
     every_n_steps: int = 50
     every_n_seconds: float = 60.0
     progress: Literal["auto", "bar", "lines"] = "auto"
     pictures: int = 4
-    picture_score_threshold: float = 0.5
+    picture_score_threshold: float = 0.3
 
     def progress_bar(self) -> ProgressBar:
         silence_lightning_tips()
