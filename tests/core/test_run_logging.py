@@ -7,6 +7,7 @@ import logging
 import re
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -146,3 +147,19 @@ def test_prediction_pictures_written_at_every_validation(tmp_path) -> None:
     assert written == ["epoch_000.png", "epoch_001.png"]  # not the sanity check
     if tensorboard_available():
         assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_configs_logging_section_is_checked_at_load_time(tmp_path) -> None:
+    from flatten_dense.commands.build import build_trainer, load_run
+    from flatten_dense.core.config import ConfigError
+
+    config = "configs/detection/demo_mask_rcnn_flatten_pvt_v2_b0_synthetic.yaml"
+    where = [f"data.root={tmp_path}", f"trainer.default_root_dir={tmp_path / 'run'}"]
+    with pytest.raises(ConfigError, match=r"unknown key 'logging.every_n_step' \(did you mean 'every_n_steps'\?\)"):
+        load_run(config, [*where, "logging.every_n_step=5"], create_run_dir=False)
+    run = load_run(config, [*where, "logging.every_n_steps=5", "logging.progress=lines"], create_run_dir=False)
+    trainer = build_trainer(run)
+    lines = [c for c in trainer.callbacks if isinstance(c, LineProgress)]
+    assert len(lines) == 1 and lines[0].every_n_steps == 5
+    pictures = [c for c in trainer.callbacks if isinstance(c, PredictionPictures)]
+    assert len(pictures) == 1 and pictures[0].out_dir == tmp_path / "run" / "pictures"
