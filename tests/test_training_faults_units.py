@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flatten_dense.core import launch
 from flatten_dense.core.checkpointing import (
     AtomicCheckpointIO,
     BestCheckpoint,
@@ -129,6 +130,7 @@ def test_best_is_never_chosen_on_nan_or_minus_one(value: float) -> None:
 
 
 def _launched(monkeypatch, variables: dict[str, str]) -> None:
+    monkeypatch.setattr(launch, "_warned", set())  # each test sees its own first warning
     for name in (*LAUNCH_VARIABLES, *SLURM_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():

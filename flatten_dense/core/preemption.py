@@ -77,7 +77,8 @@ class PreemptionCallback(L.Callback):
         self.received = self.received or signum  # the first signal decides the exit code
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = 0
+        # a SIGTERM that reached Lightning's handler during set-up (restore, sanity check) still counts
+        self.received = signal.SIGTERM if getattr(trainer, "received_sigterm", False) else 0
         for signum in PREEMPTION_SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, self._handler)
