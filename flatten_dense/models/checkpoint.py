@@ -32,6 +32,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RECOMPUTED_BUFFERS = ("relative_position_index", "attn_mask")
+EMA_ENTRY = "state_dict_ema"  # timm's ModelEma copy, as the authors' main_ema.py saves it
 MAX_NAMES_SHOWN = 12
 
 
@@ -39,8 +40,12 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not fit the model."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a checkpoint file and return its model state dict (tensors only, prefixes stripped)."""
+def read_state_dict(path: str | Path, *, use_ema: bool = False) -> dict[str, Tensor]:
+    """Read a checkpoint file and return its model state dict (tensors only, prefixes stripped).
+
+    A release file holds the weights under "model"; files trained with an EMA copy (FLatten-CSWin)
+    also hold "state_dict_ema", which `use_ema` picks instead. The choice is logged.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -53,11 +58,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except Exception as error:  # corrupt or not a torch file
         raise ValueError(f"cannot read checkpoint {path}: {error}") from None
     if not isinstance(payload, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
-    for entry in ("model", "state_dict"):
-        if isinstance(payload.get(entry), dict):
-            payload = payload[entry]
-            break
+        raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")  # noqa: TRY004
+    payload = _weights_entry(payload, path, use_ema)
     state = {key: value for key, value in payload.items() if isinstance(value, Tensor)}
     if not state:
         raise ValueError(f"checkpoint {path} holds no tensors")
@@ -67,12 +69,28 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def _weights_entry(payload: dict, path: Path, use_ema: bool) -> dict:
+    """The dict of weights inside a checkpoint's payload: its EMA copy, "model", "state_dict" or itself."""
+    has_ema = isinstance(payload.get(EMA_ENTRY), dict)
+    if use_ema:
+        if not has_ema:
+            raise ValueError(f"checkpoint {path} holds no EMA weights ({EMA_ENTRY!r}); load it without use_ema")
+        log.info("%s: loading the EMA weights (%r)", path.name, EMA_ENTRY)
+        return payload[EMA_ENTRY]
+    for entry in ("model", "state_dict"):
+        if isinstance(payload.get(entry), dict):
+            extra = f"; it also holds EMA weights ({EMA_ENTRY!r}), which use_ema=True loads" if has_ema else ""
+            log.info("%s: loading the %r weights%s", path.name, entry, extra)
+            return payload[entry]
+    return payload
+
+
 def _resize_table(name: str, value: Tensor, shape: torch.Size) -> Tensor | None:
     """Resize a learned table to `shape` when it is a position table on a square grid, else None."""
     leaf = name.rsplit(".", 1)[-1]
-    if leaf == "positional_encoding" or leaf.startswith("pos_embed"):
-        if value.ndim == 3 and value.shape[-1] == shape[-1]:
-            return resize_position_table(value, square_grid(value.shape[1]), square_grid(shape[1]))
+    square = value.ndim == len(shape) == 3 and all(math.isqrt(n) ** 2 == n for n in (value.shape[1], shape[1]))
+    if (leaf == "positional_encoding" or leaf.startswith("pos_embed")) and square and value.shape[-1] == shape[-1]:
+        return resize_position_table(value, square_grid(value.shape[1]), square_grid(shape[1]))
     if leaf == "relative_position_bias_table" and value.shape[1] == shape[1]:
         src, dst = math.isqrt(value.shape[0]), math.isqrt(shape[0])
         grid = value.T.reshape(1, -1, src, src)
@@ -124,12 +142,13 @@ def _listing(label: str, names: list[str]) -> str:
     return f"{len(names)} {label}: {shown}{more}"
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
+def load_pretrained(model: nn.Module, path: str | Path, *, use_ema: bool = False) -> list[str]:
     """Load a checkpoint into a FLatten classifier or backbone; raise if it does not fit.
 
-    Returns the notes of what the filter changed (resized tables, a dropped head).
+    `use_ema` loads the file's EMA weights instead of its "model". Returns the notes of what the
+    filter changed (resized tables, a dropped head).
     """
-    state, notes = filter_state_dict(read_state_dict(path), model)
+    state, notes = filter_state_dict(read_state_dict(path, use_ema=use_ema), model)
     new_prefixes = ("out_norms.",)  # the backbone's per-output norms are not in ImageNet files
     if any(note.startswith("dropped head.") for note in notes):
         new_prefixes += ("head.",)
