@@ -7,6 +7,8 @@ from .mlp import DepthwiseConvMlp, Mlp
 from .patch_embed import PatchEmbed
 from .position_encoding import PositionTableResizer, resize_position_table
 from .spatial_reduction_attention import SpatialReductionAttention
+from .stripe_attention import LinearStripeAttention, SoftmaxStripeAttention, stripe_conv
+from .stripes import StripeLayout
 from .window_attention import (
     WindowAttention,
     pad_to_multiple,
@@ -18,10 +20,13 @@ from .window_attention import (
 __all__ = [
     "DepthwiseConvMlp",
     "FocusedLinearAttention",
+    "LinearStripeAttention",
     "Mlp",
     "PatchEmbed",
     "PositionTableResizer",
+    "SoftmaxStripeAttention",
     "SpatialReductionAttention",
+    "StripeLayout",
     "WindowAttention",
     "focused_kernel",
     "focusing_function",
@@ -30,6 +35,7 @@ __all__ = [
     "pad_to_multiple",
     "resize_position_table",
     "shifted_window_mask",
+    "stripe_conv",
     "window_partition",
     "window_reverse",
 ]
