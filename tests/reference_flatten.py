@@ -19,11 +19,21 @@ from torch import Tensor
 # the tests need nothing beside it.
 KEY_LISTS = Path(__file__).resolve().parent / "data" / "official_checkpoint_keys"
 
+# Windows from FLATTEN.md: linear 56 and softmax 7 at 224; linear 96 and softmax 12 for Swin-B at 384.
 SWIN = {
-    "flatten_swin_t": dict(depths=(2, 2, 6, 2), heads=(3, 6, 12, 24)),
-    "flatten_swin_s": dict(depths=(2, 2, 18, 2), heads=(3, 6, 12, 24)),
-    "flatten_swin_b": dict(depths=(2, 2, 18, 2), heads=(4, 8, 16, 32)),
+    "flatten_swin_t": {"depths": (2, 2, 6, 2), "heads": (3, 6, 12, 24), "windows": (56, 7)},
+    "flatten_swin_s": {"depths": (2, 2, 18, 2), "heads": (3, 6, 12, 24), "windows": (56, 7)},
+    "flatten_swin_b": {"depths": (2, 2, 18, 2), "heads": (4, 8, 16, 32), "windows": (56, 7)},
+    "flatten_swin_b_384": {"depths": (2, 2, 18, 2), "heads": (4, 8, 16, 32), "windows": (96, 12)},
 }
+# CSWin heads per stage and the softmax stripe width of stage 3 (FLATTEN.md, "FLatten-CSWin").
+CSWIN = {
+    "flatten_cswin_t": {"heads": (2, 4, 8, 16), "stripe": 7},
+    "flatten_cswin_s": {"heads": (2, 4, 8, 16), "stripe": 7},
+    "flatten_cswin_b": {"heads": (4, 8, 16, 32), "stripe": 7},
+}
+# The training size each released model computes at (its logits are only defined there).
+IMAGE_SIZE = {"flatten_swin_b_384": 384}
 PVT_HEADS = (1, 2, 5, 8)
 
 
@@ -98,8 +108,10 @@ def focus(x: Tensor, p: float = 3.0) -> Tensor:
     return xp / torch.sqrt((xp * xp).sum(-1, keepdim=True)) * norm
 
 
-def focused_linear_attention(q: Tensor, k: Tensor, v: Tensor, sd: dict, prefix: str, heads: int, side: int) -> Tensor:
-    """Steps 2-7 of FLATTEN.md for tokens on a side x side grid. q, k, v: (B, N, C)."""
+def focused_linear_attention(
+    q: Tensor, k: Tensor, v: Tensor, sd: dict, prefix: str, heads: int, grid: tuple[int, int]
+) -> Tensor:
+    """Steps 2-6 of FLATTEN.md (no output projection) for tokens on a grid. q, k, v: (B, N, C)."""
     k = k + sd[prefix + ".positional_encoding"]
     s = torch.log1p(torch.exp(sd[prefix + ".scale"]))
     q = focus((torch.clamp(q, min=0) + 1e-6) / s)
@@ -110,12 +122,11 @@ def focused_linear_attention(q: Tensor, k: Tensor, v: Tensor, sd: dict, prefix: 
     z = 1.0 / (torch.einsum("bhid,bhd->bhi", q, k.mean(dim=2)) + 1e-6)
     kv = torch.einsum("bhjc,bhjd->bhcd", k / math.sqrt(n), v / math.sqrt(n))
     out = torch.einsum("bhic,bhcd,bhi->bhid", q, kv, z)
-    v_map = v.reshape(b * heads, side, side, d).permute(0, 3, 1, 2)
+    v_map = v.reshape(b * heads, grid[0], grid[1], d).permute(0, 3, 1, 2)
     weight = sd[prefix + ".dwc.weight"]
     dwc = F.conv2d(v_map, weight, sd[prefix + ".dwc.bias"], padding=weight.shape[-1] // 2, groups=d)
     out = out + dwc.permute(0, 2, 3, 1).reshape(b, heads, n, d)
-    out = out.permute(0, 2, 1, 3).reshape(b, n, c)
-    return linear(out, sd, prefix + ".proj")
+    return out.permute(0, 2, 1, 3).reshape(b, n, c)
 
 
 def mlp(x: Tensor, sd: dict, prefix: str, side: int | None = None) -> Tensor:
@@ -151,7 +162,7 @@ def swin_forward(sd: dict, name: str, image: Tensor) -> Tensor:
         linear_stage = i < 2
         for j in range(depth):
             p = f"layers.{i}.blocks.{j}"
-            window = 56 if linear_stage else 7
+            window = cfg["windows"][0] if linear_stage else cfg["windows"][1]
             shift = 0 if j % 2 == 0 else window // 2
             if res <= window:
                 window, shift = res, 0
@@ -162,7 +173,8 @@ def swin_forward(sd: dict, name: str, image: Tensor) -> Tensor:
             win = partition(h, window).view(-1, window * window, c)
             q, k, v = linear(win, sd, p + ".attn.qkv").reshape(win.shape[0], -1, 3, c).unbind(2)
             if linear_stage:
-                out = focused_linear_attention(q, k, v, sd, p + ".attn", heads, window)
+                out = focused_linear_attention(q, k, v, sd, p + ".attn", heads, (window, window))
+                out = linear(out, sd, p + ".attn.proj")
             else:
                 d = c // heads
                 q, k, v = (t.reshape(t.shape[0], -1, heads, d).transpose(1, 2) for t in (q, k, v))
@@ -212,7 +224,8 @@ def pvt_forward(sd: dict, image: Tensor) -> Tensor:
             h = layer_norm(x, sd, p + ".norm1", 1e-6)
             q = linear(h, sd, p + ".attn.q")
             k, v = linear(h, sd, p + ".attn.kv").reshape(b, -1, 2, c).unbind(2)
-            x = x + focused_linear_attention(q, k, v, sd, p + ".attn", PVT_HEADS[i], side)
+            out = focused_linear_attention(q, k, v, sd, p + ".attn", PVT_HEADS[i], (side, side))
+            x = x + linear(out, sd, p + ".attn.proj")
             x = x + mlp(layer_norm(x, sd, p + ".norm2", 1e-6), sd, p + ".mlp", side)
             j += 1
         if v2:
@@ -222,8 +235,94 @@ def pvt_forward(sd: dict, image: Tensor) -> Tensor:
     return linear(x.mean(1), sd, "head")
 
 
+# ---------------------------------------------------------------- CSWin
+def lepe(v: Tensor, sd: dict, prefix: str, grid: tuple[int, int]) -> Tensor:
+    """LePE: the depthwise 3 x 3 conv `get_v` of v (B, N, C) on its stripe's grid."""
+    b, n, c = v.shape
+    v_map = v.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+    out = F.conv2d(v_map, sd[prefix + ".get_v.weight"], sd[prefix + ".get_v.bias"], padding=1, groups=c)
+    return out.flatten(2).transpose(1, 2)
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v per head, written out. q, k, v: (B, N, C) -> (B, N, C)."""
+    b, n, c = q.shape
+    d = c // heads
+    q, k, v = (t.reshape(b, n, heads, d).permute(0, 2, 1, 3) for t in (q, k, v))
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * d**-0.5
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    out = torch.einsum("bhij,bhjd->bhid", weights / weights.sum(-1, keepdim=True), v)
+    return out.permute(0, 2, 1, 3).reshape(b, n, c)
+
+
+def cswin_branch(q: Tensor, k: Tensor, v: Tensor, sd: dict, prefix: str, heads: int, branch: int, width: int) -> Tensor:
+    """One branch on its channels, stripe by stripe: branch 0 vertical stripes of `width` columns,
+    branch 1 horizontal stripes of `width` rows, -1 the whole map. q, k, v: (B, H, W, C_b)."""
+    b, height, wd, c = q.shape
+    out = torch.zeros_like(q)
+    count = 1 if branch == -1 else (wd if branch == 0 else height) // width
+    for s in range(count):
+        rows, cols = slice(None), slice(None)
+        if branch == 0:
+            cols = slice(s * width, (s + 1) * width)
+        elif branch == 1:
+            rows = slice(s * width, (s + 1) * width)
+        qs, ks, vs = (t[:, rows, cols] for t in (q, k, v))
+        grid = (qs.shape[1], qs.shape[2])
+        qs, ks, vs = (t.reshape(b, -1, c) for t in (qs, ks, vs))
+        if prefix + ".positional_encoding" in sd:
+            o = focused_linear_attention(qs, ks, vs, sd, prefix, heads, grid)
+        else:
+            o = softmax_attention(qs, ks, vs, heads)
+        out[:, rows, cols] = (o + lepe(vs, sd, prefix, grid)).reshape(b, grid[0], grid[1], c)
+    return out
+
+
+def cswin_forward(sd: dict, name: str, image: Tensor) -> Tensor:
+    cfg = CSWIN[name]
+    x = F.conv2d(image, sd["stage1_conv_embed.0.weight"], sd["stage1_conv_embed.0.bias"], stride=4, padding=2)
+    b, c, res, _ = x.shape
+    x = layer_norm(x.flatten(2).transpose(1, 2), sd, "stage1_conv_embed.2", 1e-5)
+    for i in range(4):
+        if i > 0:
+            g = x.transpose(1, 2).reshape(b, -1, res, res)
+            g = F.conv2d(g, sd[f"merge{i}.conv.weight"], sd[f"merge{i}.conv.bias"], stride=2, padding=1)
+            res = g.shape[-1]
+            x = layer_norm(g.flatten(2).transpose(1, 2), sd, f"merge{i}.norm", 1e-5)
+        j = 0
+        while f"stage{i + 1}.{j}.qkv.weight" in sd:
+            p = f"stage{i + 1}.{j}"
+            c = x.shape[-1]
+            q, k, v = linear(layer_norm(x, sd, p + ".norm1", 1e-5), sd, p + ".qkv").reshape(b, res, res, 3, c).unbind(3)
+            two = p + ".attns.1.get_v.weight" in sd
+            parts = []
+            for branch in (0, 1) if two else (-1,):
+                lo, hi = (0, c) if not two else (branch * c // 2, (branch + 1) * c // 2)
+                prefix = f"{p}.attns.{max(branch, 0)}"
+                width = cfg["stripe"] if prefix + ".positional_encoding" not in sd else res  # linear: global at 224
+                heads = cfg["heads"][i] // (2 if two else 1)
+                parts.append(
+                    cswin_branch(q[..., lo:hi], k[..., lo:hi], v[..., lo:hi], sd, prefix, heads, branch, width)
+                )
+            x = x + linear(torch.cat(parts, -1).reshape(b, res * res, c), sd, p + ".proj")
+            x = x + mlp(layer_norm(x, sd, p + ".norm2", 1e-5), sd, p + ".mlp")
+            j += 1
+    x = layer_norm(x, sd, "norm", 1e-5).mean(1)
+    return linear(x, sd, "head")
+
+
+def has_reference(name: str) -> bool:
+    """flatten_cswin_b_384 has none: its released tables (56- and 28-wide linear stripes on the 96 and
+    48 maps) do not tile the map it was trained on, so its computation is not stated."""
+    return name in SWIN or name in CSWIN or name.startswith("flatten_pvt")
+
+
 def reference_logits(name: str, state: dict[str, Tensor], image: Tensor) -> Tensor:
     state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
     image = image.double()
     with torch.no_grad():
-        return (swin_forward(state, name, image) if name in SWIN else pvt_forward(state, image)).float()
+        if name in SWIN:
+            return swin_forward(state, name, image).float()
+        if name in CSWIN:
+            return cswin_forward(state, name, image).float()
+        return pvt_forward(state, image).float()

@@ -140,7 +140,10 @@ def test_fused_forward_equals_the_plain_equations() -> None:
         k = k + attn.positional_encoding
         q = focused_kernel(q, attn.scale, attn.focusing_factor)
         k = focused_kernel(k, attn.scale, attn.focusing_factor)
-        heads = lambda t: t.reshape(2, side * side, 2, 16).transpose(1, 2)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(2, side * side, 2, 16).transpose(1, 2)
+
         out = linear_attention_heads(heads(q), heads(k), heads(v), side * side)  # B h N d
         v_grid = heads(v).reshape(4, side, side, 16).permute(0, 3, 1, 2)
         out = out + attn.dwc(v_grid).reshape(2, 2, 16, side * side).transpose(-2, -1)

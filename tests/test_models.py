@@ -7,13 +7,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_flatten import key_list, make_release_checkpoint, official_shift_mask, reference_logits
+from reference_flatten import (
+    IMAGE_SIZE,
+    has_reference,
+    key_list,
+    make_release_checkpoint,
+    official_shift_mask,
+    reference_logits,
+)
 
 import flatten_dense as fd
 from flatten_dense.models.layers import shifted_window_mask
 
 MODELS = fd.list_models()
 RECOMPUTED = ("relative_position_index", "attn_mask")
+HEAVY = {"flatten_cswin_b", "flatten_swin_b_384"}  # 10-30 s each for a float64 reading on 2 cores
+REFERENCED = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in MODELS if has_reference(n)]
+FAMILY_EXAMPLES = ["flatten_swin_t", "flatten_pvt_t", "flatten_cswin_t"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +43,7 @@ def release_files(tmp_path_factory) -> dict:
 
 def test_registry_lists_every_released_family() -> None:
     assert MODELS == sorted(path.stem for path in Path(key_list.__globals__["KEY_LISTS"]).glob("*.txt"))
-    with pytest.raises(ValueError, match="registered models: flatten_pvt_l"):
+    with pytest.raises(ValueError, match="registered models: flatten_cswin_b, "):
         fd.create_backbone("flatten_swin_xl")
 
 
@@ -46,11 +56,13 @@ def test_classifier_matches_release_keys_and_count(name: str) -> None:
     assert ours == {key: shape for key, shape in shapes.items() if not key.endswith(RECOMPUTED)}
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", REFERENCED)
 def test_release_checkpoint_logits_match_reference(name: str, release_files) -> None:
+    """At the training size (224; 384 for the 384 models) the logits equal a float64 reading of FLATTEN.md."""
     path, state = release_files(name)
     model = fd.create_classifier(name, pretrained=path).eval()
-    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    size = IMAGE_SIZE.get(name, 224)
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits = model(image)
     expected = reference_logits(name, state, image)
@@ -58,7 +70,21 @@ def test_release_checkpoint_logits_match_reference(name: str, release_files) -> 
     assert torch.allclose(logits, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
-@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_pvt_v2_b0"])
+def test_every_model_but_one_has_a_reference() -> None:
+    assert [name for name in MODELS if not has_reference(name)] == ["flatten_cswin_b_384"]
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith("flatten_cswin") or n.endswith("_384")])
+def test_new_release_files_load_strictly(name: str, release_files) -> None:
+    """Every listed key lands in the classifier, unchanged (recomputed buffers aside)."""
+    path, state = release_files(name)
+    loaded = fd.create_classifier(name, pretrained=path).state_dict()
+    for key, value in state.items():
+        if not key.endswith(RECOMPUTED):
+            assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_pvt_v2_b0", "flatten_cswin_t"])
 def test_backbone_takes_release_file_without_head(name: str, release_files) -> None:
     path, state = release_files(name)
     backbone = fd.create_backbone(name, pretrained=path)
@@ -116,7 +142,7 @@ def test_any_input_size(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t"])
+@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_cswin_t"])
 @pytest.mark.parametrize("shape", [(2, 3, 800, 1216), (1, 3, 512, 2048)])
 def test_detection_and_segmentation_sizes(name: str, shape: tuple[int, ...]) -> None:
     _check_maps(fd.create_backbone(name).eval(), torch.randn(*shape))
@@ -175,22 +201,23 @@ def test_out_indices_subset() -> None:
     assert backbone.feature_info.reduction() == [8, 32]
 
 
-@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_pvt_v2_b0"])
+@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_pvt_v2_b0", "flatten_cswin_t"])
 def test_frozen_stages(name: str) -> None:
     backbone = fd.create_backbone(name, frozen_stages=1)
     backbone.train()
     frozen = [n for n, p in backbone.named_parameters() if not p.requires_grad]
     trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
     assert frozen and trainable
-    assert all(
-        n.startswith(("patch_embed", "layers.0.", "block1.", "pos_embed1", "norm1.", "out_norms.0.")) for n in frozen
+    stages_0 = ("patch_embed", "layers.0.", "block1.", "pos_embed1", "norm1.", "stage1_conv_embed.", "stage1.")
+    assert all(n.startswith((*stages_0, "out_norms.0.")) for n in frozen)
+    assert not any(n.startswith(("layers.1.blocks", "block2.", "merge1.", "stage2.")) for n in frozen)
+    stem = next(
+        getattr(backbone, s) for s in ("patch_embed", "patch_embed1", "stage1_conv_embed") if hasattr(backbone, s)
     )
-    assert not any(n.startswith(("layers.1.blocks", "block2.")) for n in frozen)
-    stem = backbone.patch_embed if hasattr(backbone, "patch_embed") else backbone.patch_embed1
     assert not stem.training
 
 
-@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t"])
+@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_cswin_t"])
 def test_gradient_checkpointing_gives_the_same_gradients(name: str) -> None:
     torch.manual_seed(0)
     plain = fd.create_backbone(name, drop_path_rate=0.0)
@@ -223,6 +250,10 @@ def test_no_weight_decay_names() -> None:
     assert "layers.0.blocks.0.attn.qkv.weight" not in swin
     pvt = fd.create_backbone("flatten_pvt_t").no_weight_decay()
     assert {"pos_embed1", "block1.0.attn.positional_encoding", "patch_embed1.norm.bias"} <= pvt
+    cswin = fd.create_backbone("flatten_cswin_t").no_weight_decay()
+    assert {"stage1.0.attns.0.positional_encoding", "stage1.0.attns.0.scale", "stage1_conv_embed.2.weight"} <= cswin
+    assert {"merge1.norm.bias", "stage3.0.norm2.weight"} <= cswin
+    assert not {"stage1.0.attns.0.get_v.weight", "stage3.0.qkv.weight"} & cswin
 
 
 def test_forward_intermediates_timm_style() -> None:
@@ -272,7 +303,7 @@ def test_inference_path_equals_the_autograd_path(name: str) -> None:
 UNAPPLIED_BY_DESIGN = {"flatten_pvt_t": {"norm"}}  # stored in the released v1 files, not applied by their classifier
 
 
-@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_pvt_v2_b0"])
+@pytest.mark.parametrize("name", ["flatten_swin_t", "flatten_pvt_t", "flatten_pvt_v2_b0", "flatten_cswin_t"])
 def test_every_module_takes_part_in_the_forward(name: str) -> None:
     """No dead modules: in a training-mode forward every leaf module without parameters is called,
     and every parameter gets a gradient (layers used through their weights, e.g. split q/k/v)."""
@@ -345,9 +376,6 @@ def test_inference_caches_stay_bounded_over_many_sizes() -> None:
             backbone(torch.randn(1, 3, 64 + 32 * step, 96))
             held.append(_held_tensors(backbone))
     assert held[-1] == held[-4], held
-
-
-FAMILY_EXAMPLES = ["flatten_swin_t", "flatten_pvt_t"]
 
 
 def test_role_options_are_declared_once_in_the_base() -> None:
