@@ -105,8 +105,8 @@ class PreemptionCallback(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         signum = self._agreed_signal(trainer)
-        if not signum:
-            return
+        if not signum or trainer.fit_loop._should_accumulate():
+            return  # stop at an optimizer step: accumulated gradients are not in a checkpoint
         path = self.checkpoint_dir / "last.ckpt"
         trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
         _log_this_step(trainer)
