@@ -23,7 +23,8 @@ from flatten_dense.segmentation.task import SegmentationTask
 sys.path.insert(0, str(Path(__file__).parent / "detection"))
 from detection_helpers import tiny_coco, tiny_config  # noqa: E402
 
-SEG_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "segmentation" / "demo_sem_fpn_flatten_pvt_v2_b0_synthetic.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SEG_CONFIG = CONFIGS / "segmentation" / "demo_sem_fpn_flatten_pvt_v2_b0_synthetic.yaml"
 
 
 @pytest.fixture(scope="module")

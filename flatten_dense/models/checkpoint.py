@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers.position_encoding import resize_position_table, square_grid
+from .safe_load import safe_torch_load
 
 __all__ = [
     "CheckpointMismatchError",
@@ -49,14 +49,8 @@ def read_state_dict(path: str | Path, *, use_ema: bool = False) -> dict[str, Ten
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # The released files also pickle their training config; they are trusted, as asked by the user.
-        log.warning("%s holds non-tensor objects; loading it with weights_only=False", path)
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # corrupt or not a torch file
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from None
+    # weights_only, with inert stand-ins for the release files' yacs config; never weights_only=False
+    payload = safe_torch_load(path)
     if not isinstance(payload, dict):
         raise ValueError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")  # noqa: TRY004
     payload = _weights_entry(payload, path, use_ema)
