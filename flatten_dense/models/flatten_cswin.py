@@ -24,7 +24,7 @@ Any input size (the released models run only at their training size):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,7 @@ class CSWinBlock(nn.Module):
         drop_path: float,
         focusing_factor: float,
         kernel_size: int,
+        position_encoding: str = "learned",
     ) -> None:
         super().__init__()
         self.branches = branches
@@ -109,6 +110,7 @@ class CSWinBlock(nn.Module):
                     table_grid=table_grids[i],
                     focusing_factor=focusing_factor,
                     kernel_size=kernel_size,
+                    position_encoding=position_encoding,
                 )
                 for i in range(branches)
             ]
@@ -140,7 +142,8 @@ class FlattenCSWin(PyramidModel):
     (`pretrain_linear_stripes`, CSWIN_LA_SPLIT_SIZE) and the softmax widths (`stripe_widths`, CSWin's
     split_size) fix each stage's branches (one where the stripe covers the training-size map, and in
     the last stage) and position tables. At run time linear stages attend over the whole map unless
-    `linear_stripes` gives widths; softmax stages run `stripe_widths`.
+    `linear_stripes` gives widths; softmax stages run `stripe_widths`. `position_encoding`
+    ("learned", "sinusoidal", "none") is the linear branches' key position table (LePE stays).
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class FlattenCSWin(PyramidModel):
         drop_path_rate: float = 0.2,
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
+        position_encoding: Literal["learned", "sinusoidal", "none"] = "learned",
         **options: Unpack[PyramidOptions],
     ) -> None:
         super().__init__(**options)
@@ -185,6 +189,7 @@ class FlattenCSWin(PyramidModel):
                     drop_path=rate,
                     focusing_factor=focusing_factor,
                     kernel_size=kernel_size,
+                    position_encoding=position_encoding,
                 )
                 for rate in rates
             ]

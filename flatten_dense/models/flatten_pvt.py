@@ -3,6 +3,8 @@
 v1: non-overlapping patch embeddings, a learned position embedding per stage (`pos_embed{i}`,
 resized to the actual grid), plain MLPs. v2: overlapping patch embeddings, a depthwise conv in the
 MLP and a LayerNorm closing each stage (`norm{i}`), which is also the backbone's output norm.
+`position_encoding="sinusoidal"` replaces every learned table (v1's `pos_embed{i}` and the
+attention's key tables) by fixed sine/cosine tables of the actual grid; "none" drops them all.
 Every stage attends with focused linear attention over all its tokens ("L"); "S" selects PVT's
 softmax spatial-reduction attention with `sr_ratios` instead (the softmax counterpart).
 """
@@ -10,7 +12,7 @@ softmax spatial-reduction attention with `sr_ratios` instead (the softmax counte
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +27,7 @@ from .layers import (
     SpatialReductionAttention,
     in_inference,
 )
+from .layers.position_encoding import position_encoding_kind, sinusoidal_position_table
 from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
 
 if TYPE_CHECKING:
@@ -51,6 +54,7 @@ class PVTBlock(nn.Module):
         conv_mlp: bool,
         focusing_factor: float,
         kernel_size: int,
+        position_encoding: str = "learned",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
@@ -62,6 +66,7 @@ class PVTBlock(nn.Module):
                 fused_qkv=False,
                 focusing_factor=focusing_factor,
                 kernel_size=kernel_size,
+                position_encoding=position_encoding,
             )
         else:
             self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio=sr_ratio)
@@ -96,6 +101,7 @@ class FlattenPVT(PyramidModel):
         drop_path_rate: float = 0.1,
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
+        position_encoding: Literal["learned", "sinusoidal", "none"] = "learned",
         **options: Unpack[PyramidOptions],
     ) -> None:
         super().__init__(**options)
@@ -103,6 +109,7 @@ class FlattenPVT(PyramidModel):
             raise ValueError(f"PVT version must be 1 or 2, got {version}")
         check_attn_types(attn_types, depths)
         self.version = version
+        self.position_encoding = position_encoding_kind(position_encoding)
         self.num_stages = len(depths)
         self.stage_channels = tuple(embed_dims)
         self._resize_position = PositionTableResizer()
@@ -111,9 +118,10 @@ class FlattenPVT(PyramidModel):
             grid_side = pretrain_image_size // 4 // 2**i
             if version == 1:
                 embed = PatchEmbed(in_channels, embed_dims[i], kernel=4 if i == 0 else 2, stride=4 if i == 0 else 2)
-                pos_embed = nn.Parameter(torch.zeros(1, grid_side**2, embed_dims[i]))
-                nn.init.trunc_normal_(pos_embed, std=0.02)
-                setattr(self, f"pos_embed{i + 1}", pos_embed)
+                if self.position_encoding == "learned":
+                    pos_embed = nn.Parameter(torch.zeros(1, grid_side**2, embed_dims[i]))
+                    nn.init.trunc_normal_(pos_embed, std=0.02)
+                    setattr(self, f"pos_embed{i + 1}", pos_embed)
             else:
                 kernel, stride = (7, 4) if i == 0 else (3, 2)
                 embed = PatchEmbed(in_channels, embed_dims[i], kernel=kernel, stride=stride, padding=kernel // 2)
@@ -130,6 +138,7 @@ class FlattenPVT(PyramidModel):
                     conv_mlp=version == 2,
                     focusing_factor=focusing_factor,
                     kernel_size=kernel_size,
+                    position_encoding=self.position_encoding,
                 )
                 for rate in rates
             ]
@@ -146,8 +155,8 @@ class FlattenPVT(PyramidModel):
         maps = []
         for i in range(last_stage + 1):
             tokens, grid = getattr(self, f"patch_embed{i + 1}")(x)  # B N C
-            if self.version == 1:
-                tokens = tokens + self._resize_position(getattr(self, f"pos_embed{i + 1}"), grid)
+            if self.version == 1 and self.position_encoding != "none":
+                tokens = tokens + self._patch_position(i, grid, tokens)
             for block in getattr(self, f"block{i + 1}"):
                 tokens = self.run_block(block, tokens, grid)
             if self.version == 2:
@@ -156,20 +165,26 @@ class FlattenPVT(PyramidModel):
             maps.append(x)
         return maps
 
+    def _patch_position(self, index: int, grid: tuple[int, int], tokens: Tensor) -> Tensor:
+        """v1's position embedding of stage `index` on `grid`: the learned table resized, or the sinusoid."""
+        if self.position_encoding == "sinusoidal":
+            return sinusoidal_position_table(grid, tokens.shape[-1], device=tokens.device, dtype=tokens.dtype)
+        return self._resize_position(getattr(self, f"pos_embed{index + 1}"), grid)
+
     def _classifier_features(self, x: Tensor) -> Tensor:
         return self._stage_maps(x, self.num_stages - 1)[-1].flatten(2).mean(dim=-1)  # B C
 
     def _stem_modules(self) -> list[nn.Module | nn.Parameter]:
         stem: list[nn.Module | nn.Parameter] = [self.patch_embed1]
-        if self.version == 1:
+        if hasattr(self, "pos_embed1"):
             stem.append(self.pos_embed1)
         return stem
 
     def _stage_modules(self, index: int) -> list[nn.Module | nn.Parameter]:
         stage = index + 1
         modules: list[nn.Module | nn.Parameter] = [getattr(self, f"patch_embed{stage}"), getattr(self, f"block{stage}")]
-        if self.version == 1:
+        if hasattr(self, f"pos_embed{stage}"):
             modules.append(getattr(self, f"pos_embed{stage}"))
-        else:
+        if self.version == 2:
             modules.append(getattr(self, f"norm{stage}"))
         return modules

@@ -12,7 +12,7 @@ softmax attention with relative position bias and correct masks for shifts and p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +62,7 @@ class SwinBlock(nn.Module):
         drop_path: float,
         focusing_factor: float,
         kernel_size: int,
+        position_encoding: str = "learned",
     ) -> None:
         super().__init__()
         self.attn_type = attn_type
@@ -77,6 +78,7 @@ class SwinBlock(nn.Module):
                 fused_qkv=True,
                 focusing_factor=focusing_factor,
                 kernel_size=kernel_size,
+                position_encoding=position_encoding,
             )
         else:
             self.attn = WindowAttention(dim, num_heads, window=softmax_window)
@@ -173,6 +175,8 @@ class FlattenSwin(PyramidModel):
 
     `pretrain_image_size` and `pretrain_linear_window` fix the position tables' grids (the released
     files'); `linear_window` (None: global) and `softmax_window` are the windows the stages run.
+    `position_encoding` ("learned", "sinusoidal", "none") is the linear stages' key position table
+    (the softmax stages keep Swin's relative position bias).
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class FlattenSwin(PyramidModel):
         drop_path_rate: float = 0.2,
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
+        position_encoding: Literal["learned", "sinusoidal", "none"] = "learned",
         **options: Unpack[PyramidOptions],
     ) -> None:
         super().__init__(**options)
@@ -214,6 +219,7 @@ class FlattenSwin(PyramidModel):
                     drop_path=rate,
                     focusing_factor=focusing_factor,
                     kernel_size=kernel_size,
+                    position_encoding=position_encoding,
                 )
                 for j, rate in enumerate(rates)
             ]

@@ -1,7 +1,8 @@
 """Focused linear attention (FLatten, ICCV 2023): the one implementation both backbone families use.
 
 For input tokens x (B, N, C) on an H x W grid with h heads of width d = C / h:
-    q, k, v = projections of x;  k = k + P (learned key position encoding, resized to the grid)
+    q, k, v = projections of x;  k = k + P (key position encoding: learned and resized to the grid,
+                                           or a fixed sinusoidal table of the grid)
     phi(t) = focus((relu(t) + 1e-6) / softplus(scale))           (focused_kernel)
     out = phi(q) (phi(k)^T v / n) / (phi(q) . mean(phi(k)) + 1e-6) + DWC(v)
     out = proj(out)
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from .focusing import focused_kernel_parts
 from .fused_linear import project_output, split_linear
-from .position_encoding import PositionTableResizer
+from .position_encoding import PositionTableResizer, position_encoding_kind, sinusoidal_position_table
 
 __all__ = ["FocusedLinearAttention", "linear_attention_heads"]
 
@@ -44,8 +45,9 @@ class FocusedLinearAttention(nn.Module):
 
     `fused_qkv=True` gives one `qkv` projection (the Swin family's key names), False gives `q` and
     `kv` (the PVT family's). `num_keys` is the key grid size at training resolution; the position
-    encoding is resized to whatever grid `forward` receives. `position_encoding` and
-    `rank_restoration` exist for ablations (the released models use both).
+    encoding is resized to whatever grid `forward` receives. `position_encoding` is "learned"
+    (the released models; True), "sinusoidal" (a fixed table for each grid, no parameters) or
+    "none" (False); `rank_restoration=False` drops the DWC (ablations).
     """
 
     def __init__(
@@ -59,7 +61,7 @@ class FocusedLinearAttention(nn.Module):
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
         proj_drop: float = 0.0,
-        position_encoding: bool = True,
+        position_encoding: bool | str = "learned",
         rank_restoration: bool = True,
     ) -> None:
         super().__init__()
@@ -78,7 +80,8 @@ class FocusedLinearAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
-        if position_encoding:
+        self.position_encoding = position_encoding_kind(position_encoding)
+        if self.position_encoding == "learned":
             self.positional_encoding = nn.Parameter(torch.zeros(1, num_keys, dim))
         else:
             self.register_parameter("positional_encoding", None)
@@ -89,6 +92,14 @@ class FocusedLinearAttention(nn.Module):
         else:
             self.dwc = None
         self._resize_position = PositionTableResizer()
+
+    def key_position(self, grid: tuple[int, int]) -> Tensor | None:
+        """The (1, H*W, C) table added to the keys on `grid` (None without position encoding)."""
+        if self.position_encoding == "sinusoidal":
+            return sinusoidal_position_table(grid, self.dim, device=self.scale.device, dtype=self.scale.dtype)
+        if self.positional_encoding is None:
+            return None
+        return self._resize_position(self.positional_encoding, grid)
 
     def project_qkv(self, x: Tensor, *, key_offset: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, N, C) -> q, k, v each (B, N, C); `key_offset` (B, N, C), if given, is added to k."""
@@ -113,9 +124,7 @@ class FocusedLinearAttention(nn.Module):
         """
         batch, tokens, channels = x.shape
         heads, head_dim = self.num_heads, self.head_dim
-        position = None
-        if self.positional_encoding is not None:
-            position = self._resize_position(self.positional_encoding, grid)  # 1 N C
+        position = self.key_position(grid)  # 1 N C, or None
         # k = x W_k + b_k + P: on the oneDNN path (CPU fp32 inference) P rides in the GEMM's epilogue.
         q, k, v = self.project_qkv(x, key_offset=position)
         with torch.autocast(device_type=x.device.type, enabled=False):

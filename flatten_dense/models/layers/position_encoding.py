@@ -9,6 +9,14 @@ The resize is written as two small matrix products, `rows @ table @ cols.T`, wit
 but its backward is two GEMMs instead of a scatter. On CPU, forward + backward is 3.5-6x cheaper
 than `F.interpolate`'s (56x56x64 -> 128x128: 4.3 vs 15.5 ms); under torch.compile, whose scatter-add
 lowering of that backward took half of a PVT-T training step, it is what makes compiling pay.
+
+`sinusoidal_position_table` is the resolution-free alternative (`position_encoding="sinusoidal"`
+in every family): a fixed 2-D sine/cosine code built for whatever grid a layer sees, with no
+parameters and nothing to resize. Prefer it when training from scratch at detection or
+segmentation sizes: a learned table is tied to one grid and is interpolated to a new one at
+almost every image, so its entries never mean the same position twice. Keep "learned" (the
+default) to load the released ImageNet checkpoints, whose tables were learned; a file with
+learned tables does not load into a sinusoidal model (its table keys are unexpected).
 """
 
 from __future__ import annotations
@@ -20,11 +28,60 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-__all__ = ["PositionTableResizer", "bicubic_weights", "resize_position_table", "square_grid"]
+__all__ = [
+    "POSITION_ENCODINGS",
+    "PositionTableResizer",
+    "bicubic_weights",
+    "position_encoding_kind",
+    "resize_position_table",
+    "sinusoidal_position_table",
+    "square_grid",
+]
 
 MAX_CACHED_GRIDS = 4  # resized copies kept per table (inference): a few recent image sizes
 MAX_CACHED_TABLES = 8  # tables per resizer (PVT's stages share one; a moved table is a new one)
 _CUBIC_A = -0.75  # the cubic convolution coefficient torch (and OpenCV) use
+SINUSOID_BASE = 10000.0
+# what a model's position tables are: learned and resized (the released models), fixed sine/cosine
+# tables built for each grid, or none at all (ablations: only the convolutions see positions)
+POSITION_ENCODINGS = ("learned", "sinusoidal", "none")
+
+
+def position_encoding_kind(value: bool | str) -> str:
+    """One of POSITION_ENCODINGS; True / False are accepted for "learned" / "none"."""
+    kind = {True: "learned", False: "none"}.get(value, value) if isinstance(value, bool) else value
+    if kind not in POSITION_ENCODINGS:
+        raise ValueError(f"position_encoding must be one of {', '.join(POSITION_ENCODINGS)}, got {value!r}")
+    return kind
+
+
+def sinusoidal_position_table(
+    grid: tuple[int, int], channels: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """(1, H*W, C) fixed 2-D sine/cosine table: the first C/2 channels encode the row, the rest the column.
+
+    Per axis, with d channels (C/2) and position i (the row or column index):
+    PE(i, 2j) = sin(i / 10000^(2j/d)), PE(i, 2j+1) = cos(i / 10000^(2j/d)). Built for the grid it is
+    asked for (no resize): a token's code depends on its own row and column only, so the table of a
+    larger grid holds the smaller one as its top-left corner. No parameters.
+    """
+    height, width = int(grid[0]), int(grid[1])
+    row_channels = channels - channels // 2  # an odd C gives the row one channel more
+
+    def axis_table(length: int, dim: int) -> Tensor:  # (length, dim)
+        position = torch.arange(length, dtype=torch.float64)[:, None]
+        pair = torch.arange(dim, dtype=torch.float64) // 2  # j of channels 2j and 2j + 1
+        angle = position / SINUSOID_BASE ** (2 * pair / max(dim, 1))
+        return torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos())
+
+    # per-axis tables in float64 on the CPU (small), the full table built in `dtype` on `device`
+    rows = axis_table(height, row_channels).to(device=device, dtype=dtype)
+    cols = axis_table(width, channels // 2).to(device=device, dtype=dtype)
+    table = torch.cat(
+        [rows[:, None, :].expand(height, width, row_channels), cols[None, :, :].expand(height, width, channels // 2)],
+        dim=-1,
+    )
+    return table.reshape(1, height * width, channels)
 
 
 def square_grid(num_tokens: int) -> tuple[int, int]:

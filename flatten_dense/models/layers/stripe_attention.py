@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .focused_linear_attention import linear_attention_heads
 from .focusing import focused_kernel
-from .position_encoding import PositionTableResizer
+from .position_encoding import PositionTableResizer, position_encoding_kind, sinusoidal_position_table
 from .stripes import StripeLayout
 
 __all__ = ["LinearStripeAttention", "SoftmaxStripeAttention", "stripe_conv"]
@@ -83,7 +83,8 @@ class LinearStripeAttention(nn.Module):
     """FLatten's focused linear attention in one CSWin branch, plus DWC and LePE.
 
     `table_grid` is the stripe grid the position encoding was learned on (at training size); it is
-    resized to each stripe grid the branch attends over.
+    resized to each stripe grid the branch attends over. `position_encoding` "sinusoidal" adds a
+    fixed table of each stripe grid instead (no parameters, no resize); "none" adds nothing.
     """
 
     def __init__(
@@ -94,30 +95,44 @@ class LinearStripeAttention(nn.Module):
         table_grid: tuple[int, int],
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
+        position_encoding: bool | str = "learned",
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
         self.num_heads = num_heads
         self.table_grid = table_grid
+        self.position_encoding = position_encoding_kind(position_encoding)
         self.focusing_factor = focusing_factor
         head_dim = dim // num_heads
         self.get_v = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
-        self.positional_encoding = nn.Parameter(torch.zeros(1, table_grid[0] * table_grid[1], dim))
+        if self.position_encoding == "learned":
+            self.positional_encoding = nn.Parameter(torch.zeros(1, table_grid[0] * table_grid[1], dim))
+        else:
+            self.register_parameter("positional_encoding", None)
         self._resize_position = PositionTableResizer()
+
+    def key_position(self, grid: tuple[int, int]) -> Tensor | None:
+        """The (1, N, C_b) table added to the keys of a stripe grid (None without position encoding)."""
+        if self.position_encoding == "sinusoidal":
+            return sinusoidal_position_table(grid, self.dim, device=self.scale.device, dtype=self.scale.dtype)
+        if self.positional_encoding is None:
+            return None
+        return self._resize_position(self.positional_encoding, grid, self.table_grid)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, layout: StripeLayout) -> Tensor:
         """q, k, v: (B, H, W, C_b) on the map -> (B, H, W, C_b)."""
         batch, dtype = q.shape[0], q.dtype
-        position = self._resize_position(self.positional_encoding, layout.stripe, self.table_grid)  # 1 N C_b
+        position = self.key_position(layout.stripe)  # 1 N C_b, or None
         with torch.autocast(device_type=q.device.type, enabled=False):
             work = torch.promote_types(dtype, torch.float32)  # float32, or float64 if given
             q, k, v = (layout.partition(t.to(work)) for t in (q, k, v))  # B*nS, N, C_b
             scale = self.scale.to(work)
             q_phi = focused_kernel(q, scale, self.focusing_factor)
-            k_phi = focused_kernel(k + position.to(work), scale, self.focusing_factor)
+            k_phi = focused_kernel(k if position is None else k + position.to(work), scale, self.focusing_factor)
             valid = layout.valid(q.device)
             num_keys: Tensor | int = layout.tokens
             if valid is not None:
