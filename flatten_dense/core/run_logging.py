@@ -262,7 +262,8 @@ class LoggingOptions:
 def progress(
     items: Iterable[T], *, total: int | None = None, desc: str = "", every_n_seconds: float = 10.0
 ) -> Iterator[T]:
-    """Iterate `items` with a TQDM bar in a terminal, else a line every `every_n_seconds` and at the end."""
+    """Iterate `items` with a TQDM bar in a terminal, else a line every `every_n_seconds` and at the end
+    (both on stderr, so a command's own output on stdout stays clean for scripts)."""
     total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
     if _is_terminal(sys.stderr):
         from tqdm.auto import tqdm
@@ -278,5 +279,5 @@ def progress(
         if now - last >= every_n_seconds or done == total:
             eta = (total - done) * (now - start) / done if total else math.inf
             of = f"/{total}" if total else ""
-            print(f"[{desc or 'progress'}] {done}{of} eta {format_eta(eta)}", flush=True)
+            print(f"[{desc or 'progress'}] {done}{of} eta {format_eta(eta)}", file=sys.stderr, flush=True)
             last = now
