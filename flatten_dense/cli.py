@@ -1,4 +1,4 @@
-"""`flatten-dense train|test|infer|check-data|benchmark|demo|plot`; the scripts in tools/ call the same functions.
+"""`flatten-dense train|test|infer|check-data|benchmark|demo|plot|analyze`; tools/*.py call the same.
 
 Every error is printed as one line (exit code 2 for a mistake in the input: config, files,
 checkpoints, images; 1 for anything else); set FLATTEN_DENSE_DEBUG=1 to see the original
@@ -81,6 +81,26 @@ def _demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _analyze_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatten-dense analyze",
+        description="figures of one focused linear attention layer: attention maps, ranks, focusing, "
+        "permutation, position tables (nothing is downloaded)",
+    )
+    parser.add_argument("--model", required=True, help="a registered model name, e.g. flatten_swin_t")
+    parser.add_argument("--out", required=True, help="folder for the PNG and JSON files (nothing else is written)")
+    parser.add_argument("--pretrained", help="a released or trained weight file (default: random weights, seeded)")
+    parser.add_argument("--image", help="a picture (default: scikit-image's astronaut if installed, else our own)")
+    parser.add_argument("--layer", help="a focused linear attention layer's name (default: the deepest >= 14 x 14)")
+    parser.add_argument("--size", type=int, default=224, help="the square size the picture is analysed at")
+    parser.add_argument("--head", type=int, default=0, help="the attention head shown")
+    parser.add_argument(
+        "--point", type=int, nargs=2, action="append", metavar=("ROW", "COL"), help="a query token (repeatable)"
+    )
+    parser.add_argument("options", nargs="*", help="key=value backbone options, e.g. position_encoding=sinusoidal")
+    return parser
+
+
 def _plot_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flatten-dense plot", description="a run's losses, learning rate and validation metrics in one PNG"
@@ -135,6 +155,22 @@ def _demo(args: argparse.Namespace) -> object:
     return demo(task=args.task, out_dir=args.out, config=args.config)
 
 
+def _analyze(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.analyze import analyze
+
+    return analyze(
+        args.model,
+        out_dir=args.out,
+        pretrained=args.pretrained,
+        image=args.image,
+        layer=args.layer,
+        size=args.size,
+        head=args.head,
+        points=[tuple(p) for p in args.point] if args.point else None,
+        options=args.options,
+    )
+
+
 def _plot(args: argparse.Namespace) -> object:
     from flatten_dense.commands.plot import plot_run
 
@@ -150,6 +186,7 @@ COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
     "check-data": (_check_data_parser, _check_data),
     "demo": (_demo_parser, _demo),
     "plot": (_plot_parser, _plot),
+    "analyze": (_analyze_parser, _analyze),
 }
 
 
