@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = ["FeatureInfo"]
@@ -9,7 +10,10 @@ __all__ = ["FeatureInfo"]
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """Channels and reductions of the maps a backbone returns, in output order."""
+    """Channels and reductions of the maps a backbone returns, in output order.
+
+    Also a sequence of timm's feature dicts (`info[k]`, iteration, `to_timm()`).
+    """
 
     stage_channels: tuple[int, ...]
     stage_reductions: tuple[int, ...]
@@ -23,3 +27,20 @@ class FeatureInfo:
 
     def __len__(self) -> int:
         return len(self.out_indices)
+
+    def __getitem__(self, position: int) -> dict[str, int | str]:
+        """timm's format: the `position`-th output as {num_chs, reduction, module, index}."""
+        index = self.out_indices[position]
+        return {
+            "num_chs": self.stage_channels[index],
+            "reduction": self.stage_reductions[index],
+            "module": f"stages.{index}",
+            "index": index,
+        }
+
+    def __iter__(self) -> Iterator[dict[str, int | str]]:
+        return (self[position] for position in range(len(self)))
+
+    def to_timm(self) -> list[dict[str, int | str]]:
+        """timm's list of dicts (`timm.models.FeatureInfo` accepts it), one per output."""
+        return list(self)

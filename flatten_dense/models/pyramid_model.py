@@ -27,6 +27,7 @@ __all__ = [
     "check_attn_types",
     "init_transformer_weights",
     "stage_drop_path_rates",
+    "take_indices",
     "tokens_as_map",
 ]
 
@@ -131,26 +132,103 @@ class PyramidModel(nn.Module):
     def forward_intermediates(
         self,
         x: Tensor,
-        *,
-        indices: Sequence[int] | None = None,
+        indices: int | Sequence[int] | None = None,
         norm: bool = True,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """timm-style: NCHW maps of the requested stages (default: out_indices), plus the last map.
+        """timm-style: maps of the requested stages, plus (unless `intermediates_only`) the last map.
 
-        `norm` applies the per-output norms where the stage has one (backbone role).
+        `indices`: stage indices (negative from the end), an int n for the last n stages, or None for
+        `out_indices`. `norm` applies the per-output norms where the stage has one (backbone role).
+        `stop_early` (and `intermediates_only`) run no stage past the last requested one; the "last
+        map" is then that stage's. `output_fmt` is "NCHW" (default) or "NHWC".
         """
-        indices = tuple(self.out_indices if indices is None else indices)
-        maps = self._stage_maps(x, len(self.stage_channels) - 1 if not intermediates_only else max(indices))
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = self.out_indices if indices is None else take_indices(len(self.stage_channels), indices)
+        last_stage = max(take) if stop_early or intermediates_only else self.num_stages_kept() - 1
+        maps = self._stage_maps(x, last_stage)
         intermediates = []
-        for i in indices:
+        for i in take:
             feature = maps[i]
             if norm and not self.is_classifier and str(i) in self.out_norms:
                 feature = self._apply_out_norm(i, feature)
-            intermediates.append(feature.contiguous())
+            intermediates.append(
+                feature.permute(0, 2, 3, 1).contiguous() if output_fmt == "NHWC" else feature.contiguous()
+            )
         if intermediates_only:
             return intermediates
         return maps[-1].contiguous(), intermediates
+
+    # ----- timm's classifier interface -----
+    @property
+    def num_features(self) -> int:
+        """Channels of the pooled features the head sees."""
+        return self.stage_channels[-1]
+
+    def num_stages_kept(self) -> int:
+        """Stages that still run (`prune_intermediate_layers` drops the later ones)."""
+        return getattr(self, "_kept_stages", len(self.stage_channels))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C) pooled (and, where the released model does, normed) features: the head's input."""
+        return self._classifier_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """The classifier head on `forward_features`' output (`pre_logits`: the features themselves)."""
+        return x if pre_logits else self.head(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new (truncated-normal) head of `num_classes` outputs; 0 gives pooled features. Classifier role."""
+        if not self.is_classifier:
+            raise RuntimeError("reset_classifier: this model is a backbone (out_indices given), it has no head")
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool {global_pool!r}: these models pool by averaging only ('avg')")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(init_transformer_weights)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm-style: drop the stages after the last of `indices` (and the head / final norm).
+
+        Returns the absolute stage indices. The dropped stages' modules become `nn.Identity` (their
+        parameters leave the model, so DDP sees none unused).
+        """
+        take = take_indices(len(self.stage_channels), indices)
+        last = max(take)
+        for index in range(last + 1, len(self.stage_channels)):
+            for item in self._stage_modules(index):
+                self._drop_item(item)
+        self._after_prune(last)
+        self._kept_stages = last + 1
+        if self.is_classifier:
+            if prune_head:
+                self.reset_classifier(0)
+            if prune_norm and hasattr(self, "norm"):
+                self.norm = nn.Identity()
+        return take
+
+    def _after_prune(self, last_stage: int) -> None:
+        """A family hook: drop what stage `last_stage` holds for the stages after it."""
+        layers = getattr(self, "layers", None)  # Swin: a stage's patch merging feeds the next one
+        if isinstance(layers, nn.ModuleList) and hasattr(layers[last_stage], "downsample"):
+            layers[last_stage].downsample = None
+
+    def _drop_item(self, item: nn.Module | nn.Parameter) -> None:
+        for module in self.modules():
+            for name, child in list(module.named_children()):
+                if child is item:
+                    setattr(module, name, nn.Identity())
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param is item:
+                    module.register_parameter(name, None)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that should not be decayed: position tables, scales, norms."""
@@ -190,6 +268,18 @@ class PyramidModel(nn.Module):
             if isinstance(item, nn.Module):
                 item.eval()
         return self
+
+
+def take_indices(num_stages: int, indices: int | Sequence[int]) -> list[int]:
+    """timm's index convention: an int n is the last n stages; negative indices count from the end."""
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"last-n indices {indices} out of range 1..{num_stages}")
+        return list(range(num_stages - indices, num_stages))
+    take = [i + num_stages if i < 0 else i for i in indices]
+    if not take or any(not 0 <= i < num_stages for i in take):
+        raise ValueError(f"indices {tuple(indices)} must be a non-empty subset of 0..{num_stages - 1} (or negative)")
+    return take
 
 
 def check_attn_types(attn_types: str, depths: Sequence[int]) -> None:
