@@ -35,6 +35,12 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+def _no_ticks(axes) -> None:
+    for axis in axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+
+
 def _hwc(image: Tensor):
     return image.permute(1, 2, 0).clamp(0, 1).numpy()
 
@@ -77,9 +83,7 @@ def attention_maps_figure(
             axis.plot(*centre, marker="*", color="white", markersize=9)
             peak = float(weights.max())
             axis.set_title(f"{kind}\nmax weight {peak:.3g} (uniform {1 / weights.numel():.2g})", fontsize=8)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
+    _no_ticks(axes.flat)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
@@ -182,9 +186,7 @@ def permutation_figure(
         label = "no position encoding, no DWC" if name == "without_position" else "with position encoding + DWC"
         axis.set_title(f"{label}\nmax |unscrambled - original| = {errors[name]:.2e}", fontsize=9)
         figure.colorbar(shown, ax=axis, fraction=0.046)
-    for axis in axes:
-        axis.set_xticks([])
-        axis.set_yticks([])
+    _no_ticks(axes)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
@@ -200,7 +202,7 @@ def position_encoding_figure(
     half = sinusoidal.shape[-1] // 2  # the sinusoidal table's row channels, then its column channels
     # per half, the sine channels 2j of pairs j = 0, d/16, d/8: wavelengths 2 pi, ~20 and ~63 tokens
     picked = sorted({start + 2 * j for start in (0, half) for j in (0, half // 16, half // 8)})
-    figure, axes = plt.subplots(2, len(picked) + 1, figsize=(2.2 * (len(picked) + 1), 4.9), squeeze=False)
+    figure, axes = plt.subplots(2, len(picked) + 1, figsize=(2.2 * (len(picked) + 1), 5.6), squeeze=False)
     centre = (grid[0] // 2) * grid[1] + grid[1] // 2
     for row, (name, table) in enumerate(tables.items()):
         if table is None:
@@ -217,9 +219,7 @@ def position_encoding_figure(
         empty = bool(values.abs().max() == 0)
         axes[row, -1].imshow(similarity.reshape(grid).numpy(), cmap="viridis", vmin=-1, vmax=1)
         axes[row, -1].set_title("cosine to centre" + (" (table all zero)" if empty else ""), fontsize=7)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
+    _no_ticks(axes.flat)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
