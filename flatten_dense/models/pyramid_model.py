@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .feature_info import FeatureInfo
+from .layers.memory_efficient import set_memory_efficient
 from .layers.nchw_output import to_nchw
 
 __all__ = [
@@ -42,6 +43,7 @@ class PyramidOptions(TypedDict, total=False):
     frozen_stages: int
     with_cp: bool
     out_norm: bool
+    memory_efficient: bool
 
 
 class PyramidModel(nn.Module):
@@ -58,11 +60,14 @@ class PyramidModel(nn.Module):
         frozen_stages: int = -1,
         with_cp: bool = False,
         out_norm: bool = True,
+        memory_efficient: bool = True,
     ) -> None:
         """Classifier when `out_indices` is None (`num_classes` logits), else a backbone returning the
         maps of those stages, each through its own LayerNorm unless `out_norm` is False. Stem and the
         first `frozen_stages` stages are frozen and kept in eval mode; `with_cp` checkpoints every
-        block's activations in training."""
+        block's activations in training. `memory_efficient` (the default) trains with the layers of
+        `layers/memory_efficient.py` (same maths, custom autograd functions that store less);
+        `set_memory_efficient(False)` goes back to plain autograd."""
         super().__init__()
         self.is_classifier = out_indices is None
         self.num_classes = num_classes
@@ -70,6 +75,7 @@ class PyramidModel(nn.Module):
         self.frozen_stages = frozen_stages
         self.grad_checkpointing = with_cp
         self.out_norm = out_norm
+        self.memory_efficient = memory_efficient
 
     def _finish_init(self, *, norm_eps: float) -> None:
         """After the family built its layers: weights initialised, then the head or the output norms,
@@ -92,6 +98,7 @@ class PyramidModel(nn.Module):
                 }
             )
         self._freeze_stages()
+        self.set_memory_efficient(self.memory_efficient)
 
     # ----- what a family provides -----
     def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
@@ -116,6 +123,11 @@ class PyramidModel(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    def set_memory_efficient(self, enable: bool = True) -> None:
+        """The one switch between the memory-efficient training layers and plain autograd."""
+        set_memory_efficient(self, enable)
+        self.memory_efficient = enable
 
     def _apply_out_norm(self, index: int, feature: Tensor) -> Tensor:
         """(B, C, H, W) map, usually channels-last in memory -> its output norm, contiguous NCHW."""

@@ -6,7 +6,7 @@ torch.compile's CPU backend emits for the same pattern) applies bias, GELU or th
 GEMM's output tile is still in cache, and is faster on the thin GEMMs of the first stages (64
 input channels). Everywhere else (autograd, autocast, CUDA, other dtypes, a torch without oneDNN)
 this is exactly `F.linear` followed by the same ops; so it is under torch.compile, which does its own
-fusion.
+fusion, and under any dispatch mode (FLOP counters, fake tensors), which must see the plain aten ops.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ def uses_onednn(x: Tensor) -> bool:
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()  # inductor fuses F.linear itself (and wants constant weights here)
+        # Under a dispatch mode (FlopCounterMode, FakeTensorMode, export's tracer) aten ops only: a
+        # FLOP counter has no formula for the oneDNN op and would miss the GEMM.
+        and torch._C._len_torch_dispatch_stack() == 0
     )
 
 

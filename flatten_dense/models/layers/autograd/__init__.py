@@ -1,0 +1,18 @@
+"""Custom autograd functions of the memory-efficient training path (`layers/memory_efficient.py`).
+
+Each function stores the few tensors its backward cannot cheaply rebuild and recomputes the
+elementwise work; each file states the plain equations it computes, and tests/test_autograd_*.py
+check its gradients against plain autograd of those equations in float64.
+"""
+
+from .focused_kernel import FocusedKernel, focused_kernel_recomputed
+from .linear_attention import focused_linear_attention, linear_attention
+from .mlp import gelu_linear
+
+__all__ = [
+    "FocusedKernel",
+    "focused_kernel_recomputed",
+    "focused_linear_attention",
+    "gelu_linear",
+    "linear_attention",
+]

@@ -1,0 +1,168 @@
+"""Linear-attention products and normaliser with a hand-written backward, and the full focused form.
+
+Plain equations (per head, kernelised q, k of shape (N, d), v (N, d), n real keys):
+    kv = k^T v / n            (d x d)       m = sum(k) / n      (1 x d)
+    z  = 1 / (q m^T + eps)    (N x 1)       out = (q kv) * z
+Backward, for the output gradient g (N x d), with G = g kv^T:
+    g.(q kv) = sum(G * q)  ->  ds = -sum(G * q) * z^2        (the normaliser's input gradient)
+    dq = z G + ds m;   dkv = q^T (g z);   dm = ds^T q;   dk = (v dkv^T + dm) / n;   dv = k dkv / n
+so only q, k, v, kv, m and z (N x 1) are stored: never q kv, its product with z, or their copies.
+
+`focused_linear_attention` also applies the focused kernel to the raw projections: it stores the
+projections and rebuilds phi(q), phi(k) in backward (see focused_kernel.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..focusing import focused_kernel
+
+__all__ = [
+    "FocusedLinearAttentionFunction",
+    "LinearAttention",
+    "focused_linear_attention",
+    "linear_attention",
+    "plain_focused_linear_attention",
+]
+
+NORMALISER_EPS = 1e-6
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, num_valid: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """q, k, v (B, h, N, d) -> out (B, h, N, d), kv (B, h, d, d), m (B, h, 1, d), z (B, h, N, 1)."""
+    kv = (k.transpose(-2, -1) @ v).div_(num_valid)
+    k_mean = k.sum(dim=2, keepdim=True).div_(num_valid)
+    z = (q @ k_mean.transpose(-2, -1)).add_(NORMALISER_EPS).reciprocal_()
+    return (q @ kv).mul_(z), kv, k_mean, z
+
+
+def _backward(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, kv: Tensor, k_mean: Tensor, z: Tensor, num_valid: Tensor | float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) of sum(grad * out), from the stored pieces (see the module docstring)."""
+    g_kv = grad @ kv.transpose(-2, -1)  # B h N d
+    d_s = (g_kv * q).sum(dim=-1, keepdim=True).mul_(z).mul_(z).neg_()  # B h N 1
+    grad_q = torch.addcmul(g_kv.mul_(z), d_s, k_mean)  # z G + ds m
+    d_kv = q.transpose(-2, -1) @ (grad * z)  # B h d d
+    d_mean = d_s.transpose(-2, -1) @ q  # B h 1 d
+    grad_k = (v @ d_kv.transpose(-2, -1)).add_(d_mean).div_(num_valid)
+    grad_v = (k @ d_kv).div_(num_valid)
+    return grad_q, grad_k, grad_v
+
+
+class LinearAttention(torch.autograd.Function):
+    """(q kv) * z of kernelised q, k (B, h, N, d); `num_valid` an int/float or a (B, 1, 1, 1) tensor."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, num_valid: Tensor | float) -> Tensor:
+        out, kv, k_mean, z = _forward(q, k, v, num_valid)
+        ctx.save_for_backward(q, k, v, kv, k_mean, z, num_valid if isinstance(num_valid, Tensor) else None)
+        ctx.num_valid = num_valid if not isinstance(num_valid, Tensor) else None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        q, k, v, kv, k_mean, z, num_tensor = ctx.saved_tensors
+        num_valid = num_tensor if num_tensor is not None else ctx.num_valid
+        return (*_backward(grad, q, k, v, kv, k_mean, z, num_valid), None)
+
+
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, num_valid: Tensor | float) -> Tensor:
+    """`focused_linear_attention.linear_attention_heads` with the backward above."""
+    return LinearAttention.apply(q, k, v, float(num_valid) if isinstance(num_valid, int) else num_valid)
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    batch, tokens, channels = x.shape
+    return x.view(batch, tokens, heads, channels // heads).transpose(1, 2)  # B h N d (a view)
+
+
+def _kernels(
+    q: Tensor, k: Tensor, v: Tensor, scale: Tensor, focusing_factor: float, keep: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """phi(q), phi(k) and v, with padded keys/values (keep == 0) zeroed. All (B, N, C)."""
+    q_phi = focused_kernel(q, scale, focusing_factor)
+    k_phi = focused_kernel(k, scale, focusing_factor)
+    if keep is not None:
+        k_phi, v = k_phi * keep, v * keep
+    return q_phi, k_phi, v
+
+
+class FocusedLinearAttentionFunction(torch.autograd.Function):
+    """phi(q) (phi(k)^T v / n) / (phi(q) . mean phi(k) + eps) from raw projections q, k, v (B, N, C).
+
+    Saves q, k, v (the projections), kv, m and z; phi(q), phi(k) are rebuilt in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, heads, focusing_factor, keep, num_valid):
+        q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep)
+        out, kv, k_mean, z = _forward(_heads(q_phi, heads), _heads(k_phi, heads), _heads(v_kept, heads), num_valid)
+        num_tensor = num_valid if isinstance(num_valid, Tensor) else None
+        ctx.save_for_backward(q, k, v, scale, keep, kv, k_mean, z, num_tensor)
+        ctx.num_valid = None if num_tensor is not None else num_valid
+        ctx.heads, ctx.focusing_factor = heads, focusing_factor
+        batch, tokens, channels = q.shape
+        return out.transpose(1, 2).reshape(batch, tokens, channels)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        q, k, v, scale, keep, kv, k_mean, z, num_tensor = ctx.saved_tensors
+        num_valid = num_tensor if num_tensor is not None else ctx.num_valid
+        heads = ctx.heads
+        with torch.enable_grad():
+            q_in, k_in, v_in, scale_in = (t.detach().requires_grad_() for t in (q, k, v, scale))
+            q_phi, k_phi, v_kept = _kernels(q_in, k_in, v_in, scale_in, ctx.focusing_factor, keep)
+            grads = _backward(
+                _heads(grad.contiguous(), heads),
+                _heads(q_phi.detach(), heads),
+                _heads(k_phi.detach(), heads),
+                _heads(v_kept.detach(), heads),
+                kv,
+                k_mean,
+                z,
+                num_valid,
+            )
+            batch, tokens, channels = q.shape
+            grads = [g.transpose(1, 2).reshape(batch, tokens, channels) for g in grads]
+            grad_q, grad_k, grad_v, grad_scale = torch.autograd.grad(
+                (q_phi, k_phi, v_kept), (q_in, k_in, v_in, scale_in), grads
+            )
+        return grad_q, grad_k, grad_v, grad_scale, None, None, None, None
+
+
+def focused_linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: Tensor,
+    heads: int,
+    focusing_factor: float,
+    keep: Tensor | None = None,
+    num_valid: Tensor | float | None = None,
+) -> Tensor:
+    """Focused linear attention of raw projections q, k, v (B, N, C) -> (B, N, C), before the DWC.
+
+    `keep` (B, N, 1): 1 for real tokens, 0 for padding (their keys and values are dropped);
+    `num_valid`: the number of real keys (default N). The plain form is `plain_focused_linear_attention`.
+    """
+    if num_valid is None:
+        num_valid = float(q.shape[1])
+    elif isinstance(num_valid, int):
+        num_valid = float(num_valid)
+    return FocusedLinearAttentionFunction.apply(q, k, v, scale, heads, focusing_factor, keep, num_valid)
+
+
+def plain_focused_linear_attention(q, k, v, scale, heads: int, focusing_factor: float, keep=None, num_valid=None):
+    """The same with plain autograd (the reference the tests compare against)."""
+    from ..focused_linear_attention import linear_attention_heads
+
+    num_valid = float(q.shape[1]) if num_valid is None else num_valid
+    q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep)
+    out = linear_attention_heads(_heads(q_phi, heads), _heads(k_phi, heads), _heads(v_kept, heads), num_valid)
+    return out.transpose(1, 2).reshape(q.shape)

@@ -1,0 +1,90 @@
+"""The memory-efficient training path of whole models against plain autograd (float64, small inputs)."""
+
+import copy
+
+import pytest
+import torch
+
+import flatten_dense as fd
+from flatten_dense.models.layers import FocusedLinearAttention, Mlp
+from flatten_dense.models.layers.memory_efficient import (
+    MemEffFocusedLinearAttention,
+    MemEffMlp,
+    set_memory_efficient,
+)
+
+# Narrow, shallow versions of the families: the same layers, seconds instead of a minute in float64.
+SMALL_PVT = {"embed_dims": (16, 32, 40, 64), "depths": (1, 1, 1, 1)}
+SMALL_SWIN = {"embed_dim": 24, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "linear_window": 7}
+
+
+def _pair(name, **kwargs):
+    torch.manual_seed(0)
+    fast = fd.create_backbone(name, out_indices=(0, 1, 2, 3), **kwargs).double()
+    for module in fast.modules():  # drop path off: both runs see the same graph, free of randomness
+        if hasattr(module, "p") and isinstance(module.p, float):
+            module.p = 0.0
+    plain = copy.deepcopy(fast)
+    plain.set_memory_efficient(False)
+    return fast.train(), plain.train()
+
+
+def _grads(model, images):
+    model.zero_grad(set_to_none=True)
+    outputs = model(images)
+    sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outputs).backward()
+    return outputs, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs"),
+    [
+        ("flatten_pvt_t", (64, 96), SMALL_PVT),
+        ("flatten_pvt_v2_b0", (64, 64), SMALL_PVT),
+        ("flatten_swin_t", (96, 80), SMALL_SWIN),  # padded linear windows
+    ],
+)
+def test_gradients_equal_plain_autograd(name, size, kwargs):
+    fast, plain = _pair(name, **kwargs)
+    assert any(isinstance(m, MemEffFocusedLinearAttention) for m in fast.modules())
+    assert not any(isinstance(m, MemEffFocusedLinearAttention) for m in plain.modules())
+    images = torch.randn(2, 3, *size, dtype=torch.float64)
+    out_fast, grads_fast = _grads(fast, images)
+    out_plain, grads_plain = _grads(plain, images)
+    for a, b in zip(out_fast, out_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert grads_fast.keys() == grads_plain.keys()
+    for key in grads_plain:
+        torch.testing.assert_close(grads_fast[key], grads_plain[key], rtol=1e-8, atol=1e-11, msg=key)
+
+
+def test_switch_keeps_state_dict_and_goes_back():
+    model = fd.create_backbone("flatten_pvt_t", out_indices=(3,))
+    keys = list(model.state_dict())
+    assert model.memory_efficient
+    model.set_memory_efficient(False)
+    assert type(model.block1[0].attn) is FocusedLinearAttention and type(model.block1[0].mlp) is Mlp
+    model.set_memory_efficient(True)
+    assert type(model.block1[0].attn) is MemEffFocusedLinearAttention and type(model.block1[0].mlp) is MemEffMlp
+    assert list(model.state_dict()) == keys
+    plain = set_memory_efficient(copy.deepcopy(model), False)
+    assert list(plain.state_dict()) == keys
+
+
+def test_with_cp_on_top():
+    fast, plain = _pair("flatten_pvt_t", **SMALL_PVT)
+    fast.set_grad_checkpointing(True)
+    images = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    _, grads_fast = _grads(fast, images)
+    _, grads_plain = _grads(plain, images)
+    for key in grads_plain:
+        torch.testing.assert_close(grads_fast[key], grads_plain[key], rtol=1e-8, atol=1e-11, msg=key)
+
+
+def test_inference_is_the_plain_path():
+    fast, plain = _pair("flatten_pvt_t", **SMALL_PVT)
+    fast.eval(), plain.eval()
+    images = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(fast(images), plain(images), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
