@@ -78,22 +78,22 @@ def test_pretrained_overlay_file_reproduces_create_classifier_logits(tmp_path: P
 
 
 def test_reset_classifier_forward_head_and_intermediates() -> None:
-    model = timm.create_model("flatten_swin_t").eval()
+    model = timm.create_model("flatten_pvt_t").eval()
     model.reset_classifier(5)
     image = torch.randn(1, 3, *IMAGE)
     with torch.no_grad():
         assert model(image).shape == (1, 5)
         features = model.forward_features(image)
         assert torch.equal(model.forward_head(features), model(image))
-        assert model.forward_head(features, pre_logits=True).shape == (1, model.num_features) == (1, 768)
+        assert model.forward_head(features, pre_logits=True).shape == (1, model.num_features) == (1, 512)
         final, intermediates = model.forward_intermediates(image, indices=2, output_fmt="NHWC")
         only = model.forward_intermediates(image, indices=(0, -1), stop_early=True, intermediates_only=True)
-    assert final.shape == (1, 768, 2, 3)
-    assert [tuple(t.shape) for t in intermediates] == [(1, 4, 6, 384), (1, 2, 3, 768)]
-    assert [tuple(t.shape) for t in only] == [(1, 96, 16, 24), (1, 768, 2, 3)]
+    assert final.shape == (1, 512, 2, 3)
+    assert [tuple(t.shape) for t in intermediates] == [(1, 4, 6, 320), (1, 2, 3, 768)]
+    assert [tuple(t.shape) for t in only] == [(1, 64, 16, 24), (1, 512, 2, 3)]
     model.reset_classifier(0)
     with torch.no_grad():
-        assert model(image).shape == (1, 768)
+        assert model(image).shape == (1, 512)
 
 
 def test_prune_intermediate_layers_drops_later_stages_and_head() -> None:
