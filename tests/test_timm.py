@@ -89,7 +89,7 @@ def test_reset_classifier_forward_head_and_intermediates() -> None:
         final, intermediates = model.forward_intermediates(image, indices=2, output_fmt="NHWC")
         only = model.forward_intermediates(image, indices=(0, -1), stop_early=True, intermediates_only=True)
     assert final.shape == (1, 512, 2, 3)
-    assert [tuple(t.shape) for t in intermediates] == [(1, 4, 6, 320), (1, 2, 3, 768)]
+    assert [tuple(t.shape) for t in intermediates] == [(1, 4, 6, 320), (1, 2, 3, 512)]
     assert [tuple(t.shape) for t in only] == [(1, 64, 16, 24), (1, 512, 2, 3)]
     model.reset_classifier(0)
     with torch.no_grad():
