@@ -134,7 +134,7 @@ class FocusedLinearAttention(nn.Module):
             # q and k are this call's own projections: their buffers become the kernels' (inference).
             q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor, consume=True)  # B N C, B N 1
             k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, consume=True)
-            num_valid: Tensor | float = float(tokens)
+            num_valid: Tensor | int = tokens  # an int (symbolic under torch.export: no float() of it)
             if valid is not None:
                 keep = valid.reshape(batch, tokens, 1).to(dtype)
                 k_ratio, v = k_ratio * keep, v * keep

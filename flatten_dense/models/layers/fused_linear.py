@@ -46,6 +46,7 @@ def uses_onednn(x: Tensor) -> bool:
         # Under a dispatch mode (FlopCounterMode, FakeTensorMode, export's tracer) aten ops only: a
         # FLOP counter has no formula for the oneDNN op and would miss the GEMM.
         and torch._C._len_torch_dispatch_stack() == 0
+        and not torch.jit.is_tracing()  # jit.trace / the legacy ONNX exporter cannot record the oneDNN op
     )
 
 

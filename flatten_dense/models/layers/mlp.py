@@ -48,7 +48,7 @@ class Mlp(nn.Module):
                 self.fc2.bias,
                 residual=chunk,
             )
-            for chunk in x.split(INFERENCE_CHUNK_TOKENS, dim=1)
+            for chunk in ((x,) if torch.compiler.is_compiling() else x.split(INFERENCE_CHUNK_TOKENS, dim=1))
         ]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 

@@ -118,9 +118,14 @@ def _cached_bicubic_weights(src: int, dst: int, *, device: torch.device | None =
         return bicubic_weights(src, dst, device=device)
 
 
-def resize_position_table(table: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
-    """(1, h*w, C) table on `src_grid` -> (1, H*W, C) on `dst_grid` (bicubic, no corner alignment)."""
-    if tuple(src_grid) == tuple(dst_grid):
+def resize_position_table(
+    table: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int], *, always: bool = False
+) -> Tensor:
+    """(1, h*w, C) table on `src_grid` -> (1, H*W, C) on `dst_grid` (bicubic, no corner alignment).
+
+    `always` resizes even onto the same grid (identity weights): no test of possibly symbolic sizes.
+    """
+    if not always and tuple(src_grid) == tuple(dst_grid):
         return table
     (h, w), (out_h, out_w) = src_grid, dst_grid
     # Eager calls reuse the matrices (a fresh copy to a GPU would wait for it); a compiled graph
@@ -152,14 +157,15 @@ class PositionTableResizer:
     ) -> Tensor:  # -> (1, H*W, C)
         """`table` (1, h*w, C) laid out on `src_grid` (default: the square grid) -> on `dst_grid`."""
         src_grid = square_grid(table.shape[1]) if src_grid is None else (int(src_grid[0]), int(src_grid[1]))
+        if torch.compiler.is_compiling():
+            # Part of the graph; `dst_grid` may be symbolic (torch.export with dynamic H, W): no int()
+            # or equality test of it (either would pin the graph to one size). At the table's own grid
+            # the bicubic weights are the identity, so the result is the same.
+            return resize_position_table(table, src_grid, dst_grid, always=True)
         dst_grid = (int(dst_grid[0]), int(dst_grid[1]))
         if src_grid == dst_grid:
             return table
-        if (
-            (torch.is_grad_enabled() and table.requires_grad)
-            or torch.compiler.is_compiling()
-            or table.device.type != "cpu"
-        ):
+        if (torch.is_grad_enabled() and table.requires_grad) or table.device.type != "cpu":
             # Under torch.compile the resize is part of the graph (a Python cache would break it). On
             # a GPU it is two tiny matmuls, while checking a cached copy would wait for the GPU.
             return resize_position_table(table, src_grid, dst_grid)

@@ -26,7 +26,7 @@ def pad_to_multiple(x: Tensor, window: tuple[int, int]) -> Tensor:
     """(B, H, W, C) -> zero padded on the bottom/right to multiples of the window (h, w)."""
     pad_h = (-x.shape[1]) % window[0]
     pad_w = (-x.shape[2]) % window[1]
-    if pad_h or pad_w:
+    if torch.compiler.is_compiling() or pad_h or pad_w:  # no branch on symbolic sizes (torch.export)
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x
 
@@ -66,6 +66,8 @@ def shifted_window_mask(
     Tokens get a region id: the shift regions of Swin, and one extra id for padding. Keys with a
     different id from the query are masked; padding keys are always masked.
     """
+    if torch.compiler.is_compiling():
+        return _symbolic_shifted_window_mask(padded, real, window, shift)
     if shift == (0, 0) and padded == real:
         return None
     ids = torch.zeros(padded, dtype=torch.long)
@@ -80,6 +82,30 @@ def shifted_window_mask(
     padding[:, real[1] :] = True
     padding_id = region
     ids[torch.roll(padding, shifts=(-shift[0], -shift[1]), dims=(0, 1))] = padding_id
+    windows = window_partition(ids[None, :, :, None], window).squeeze(-1)  # nW N
+    mask = (windows[:, :, None] != windows[:, None, :]) | (windows[:, None, :] == padding_id)
+    return mask.float() * MASK_VALUE
+
+
+def _symbolic_shifted_window_mask(
+    padded: tuple[int, int], real: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> Tensor:
+    """`shifted_window_mask` from tensor comparisons only: the sizes may be symbolic (torch.export).
+
+    The same masked pairs: per axis the shift region (0, 1, 2: the slices of `_shift_slices`) and,
+    in the rolled frame, whether the token is padding. Always a mask (zeros where none is needed).
+    """
+
+    def axis(size, win: int, sh: int) -> tuple[Tensor, Tensor]:  # region ids, index before the roll
+        index = torch.arange(size)
+        region = (index >= size - win).long() + (index >= size - sh).long() if sh else torch.zeros_like(index)
+        return region, (index + sh) % size
+
+    rows, row_source = axis(padded[0], window[0], shift[0])
+    cols, col_source = axis(padded[1], window[1], shift[1])
+    padding_id = 9  # the 3 x 3 shift regions are 0..8
+    padding = (row_source >= real[0])[:, None] | (col_source >= real[1])[None, :]
+    ids = torch.where(padding, padding_id, rows[:, None] * 3 + cols[None, :])
     windows = window_partition(ids[None, :, :, None], window).squeeze(-1)  # nW N
     mask = (windows[:, :, None] != windows[:, None, :]) | (windows[:, None, :] == padding_id)
     return mask.float() * MASK_VALUE
