@@ -1,4 +1,4 @@
-"""`flatten-dense train|test|infer|check-data|benchmark|demo|plot|analyze`; tools/*.py call the same.
+"""`flatten-dense train|test|infer|check-data|benchmark|demo|plot|analyze|export|convert`; tools/*.py call the same.
 
 Every error is printed as one line (exit code 2 for a mistake in the input: config, files,
 checkpoints, images; 1 for anything else); set FLATTEN_DENSE_DEBUG=1 to see the original
@@ -110,6 +110,52 @@ def _plot_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatten-dense export",
+        description="export a backbone (zoo name) or a config's network with dynamic H x W (multiples of 32)",
+    )
+    parser.add_argument("target", help="a zoo model name (the backbone) or a YAML config (its network)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser.add_argument("--format", choices=("onnx", "pt2"), required=True, dest="fmt")
+    parser.add_argument("--out", required=True, help="the file to write")
+    parser.add_argument("--weights", help="a release ImageNet file (zoo name) or a task checkpoint (config)")
+    parser.add_argument("--min-size", type=int, default=64, help="smallest H and W (Swin: at least 256)")
+    parser.add_argument("--max-size", type=int, default=2048, help="largest H and W")
+    return parser
+
+
+def _export(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.export import export
+
+    return export(
+        args.target,
+        fmt=args.fmt,
+        out=args.out,
+        weights=args.weights,
+        overrides=args.overrides,
+        min_size=args.min_size,
+        max_size=args.max_size,
+    )
+
+
+def _convert_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatten-dense convert",
+        description="a release file as plain weights (torch.load(weights_only=True) or safetensors reads it)",
+    )
+    parser.add_argument("file", help="a release (or our) checkpoint")
+    parser.add_argument("--out", required=True, help="OUT.pth (weights-only dict) or OUT.safetensors")
+    parser.add_argument("--use-ema", action="store_true", help="the file's EMA weights as 'model'")
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> object:
+    from flatten_dense.commands.convert import convert
+
+    return convert(args.file, args.out, use_ema=args.use_ema)
+
+
 def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """(overrides, other positionals): an override is any `key=value` item."""
     return [i for i in items if "=" in i], [i for i in items if "=" not in i]
@@ -187,6 +233,8 @@ COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
     "demo": (_demo_parser, _demo),
     "plot": (_plot_parser, _plot),
     "analyze": (_analyze_parser, _analyze),
+    "export": (_export_parser, _export),
+    "convert": (_convert_parser, _convert),
 }
 
 
