@@ -67,3 +67,24 @@ def test_weights_first_built_in_inference_mode_serve_autograd_later() -> None:
         resize_position_table(table, (3, 3), (11, 13))  # sizes no other test uses: built here first
     resize_position_table(table, (3, 3), (11, 13)).sum().backward()
     assert table.grad is not None and torch.isfinite(table.grad).all()
+
+
+def test_resizer_takes_a_stripe_table_of_any_shape() -> None:
+    """CSWin's tables are learned on stripes (e.g. 96 x 56 for the 384 model): not square."""
+    torch.manual_seed(0)
+    table = torch.randn(1, 12 * 7, 4)
+    with torch.no_grad():
+        resized = PositionTableResizer()(table, (20, 9), (12, 7))
+    torch.testing.assert_close(resized, _torch_bicubic(table, (12, 7), (20, 9)), rtol=0, atol=2e-5)
+
+
+def test_resizer_keeps_only_a_few_grids() -> None:
+    from flatten_dense.models.layers.position_encoding import MAX_CACHED_GRIDS
+
+    resizer = PositionTableResizer()
+    table = torch.randn(1, 49, 4)
+    with torch.no_grad():
+        for side in range(8, 8 + 3 * MAX_CACHED_GRIDS):
+            resizer(table, (side, side))
+    [(_, grids)] = resizer._cache.values()
+    assert len(grids) == MAX_CACHED_GRIDS
