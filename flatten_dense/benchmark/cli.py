@@ -22,11 +22,11 @@ from flatten_dense.core.run_logging import progress
 
 from .flops import matmul_flops_per_second
 from .measure import MeasureOptions
-from .report import compare_ratios, format_ratios, format_table, plot_scaling
+from .report import compare_ratios, format_ratios, format_table, median_rows, plot_scaling
 from .runner import run_measurement
 from .targets import config_target, display_name, softmax_counterpart
 
-__all__ = ["main", "build_parser", "machine_info"]
+__all__ = ["main", "build_parser", "describe_machine", "machine_info"]
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--no-train", action="store_true", help="skip the forward+backward measurement")
     parser.add_argument("--compare", action="store_true", help="add the softmax counterparts and report ratios")
+    parser.add_argument(
+        "--compare-plain",
+        action="store_true",
+        help="also measure each FLatten model with plain autograd (memory_efficient=False) and report ratios",
+    )
     parser.add_argument("--baseline-root", default=None, help="also measure the FLatten models of an older source tree")
     parser.add_argument(
         "--no-allocator-tuning",
@@ -85,23 +90,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--matmul-sizes", nargs="+", type=int, default=[1024, 2048, 4096], help="square GEMMs for the peak"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the whole interleaved sweep this many times; the table shows each row's median",
+    )
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     parser.add_argument("--plot", default=None, help="write a latency/memory vs pixels PNG here")
     return parser
 
 
-def machine_info(device: str) -> dict:
-    """CPU model, cores, torch version: what a reader needs to compare figures between machines."""
-    cpu = platform.processor() or platform.machine()
+# The CPU flags that decide which GEMM and elementwise kernels oneDNN and torch pick.
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    cpu, flags = platform.processor() or platform.machine(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                present = set(line.split(":", 1)[1].split())
+                flags = [flag for flag in KERNEL_FLAGS if flag in present]
     except OSError:
         pass
+    return cpu, flags
+
+
+def machine_info(device: str, *, tuned_allocator: bool = False) -> dict:
+    """CPU model and kernel flags (or GPU), cores, threads, allocator, torch version: what a reader
+    needs to compare figures between machines. The allocator setting applies to every row alike."""
+    cpu, flags = _cpu_model_and_flags()
     info = {
         "cpu": cpu,
+        "cpu_flags": flags,
+        "allocator": "glibc malloc tuned (mmap/trim thresholds raised)" if tuned_allocator else "glibc defaults",
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -112,6 +137,15 @@ def machine_info(device: str) -> dict:
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def describe_machine(info: dict) -> str:
+    """One line: where the figures were measured."""
+    where = info.get("gpu") or f"{info['cpu']} [{' '.join(info['cpu_flags']) or 'no AVX2'}]"
+    return (
+        f"{where}, {info['usable_cores']} cores, {info['torch_threads']} threads, allocator: {info['allocator']}"
+        f", torch {info['torch']}"
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +171,9 @@ def _targets(args: argparse.Namespace) -> tuple[list[Target], list[tuple[str, st
         if args.compare_compile:
             targets.append(Target(name, compiled=True))
             pairs.append((targets[-1].label, name))
+        if args.compare_plain and name.startswith("flatten_"):
+            targets.append(Target(f"plain:{name}"))
+            pairs.append((name, targets[-1].label))
         if args.baseline_root:
             targets.append(Target(name, root=args.baseline_root))
             pairs.append((name, targets[-1].label))
@@ -160,14 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_root and args.in_process:
         print("error: --baseline-root needs worker processes (drop --in-process)", file=sys.stderr)
         return 2
+    tuned = False
     if not args.no_allocator_tuning:
-        tune_cpu_allocator()  # in this process too: the matmul peak is measured under the same allocator
-    info = machine_info(args.device)
+        tuned = tune_cpu_allocator()  # in this process too: the matmul peak is measured under the same allocator
+    info = machine_info(args.device, tuned_allocator=tuned)
     # Under --amp the yardstick is a matmul in the autocast dtype: what the models' GEMMs run in.
     peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
     dtype_name = str(peak_dtype).removeprefix("torch.")
     peak = matmul_flops_per_second(args.device, dtype=peak_dtype, sizes=tuple(args.matmul_sizes))
-    print(f"# {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']} ({info['torch_threads']} threads)")
+    print(f"# {describe_machine(info)}")
     print(f"# dense {dtype_name} matmul: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s (n={peak['size']})", flush=True)
     options = MeasureOptions(
         device=args.device,
@@ -183,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     targets, pairs = _targets(args)
     rows = []
     # Sizes outermost: the models being compared are measured minutes, not an hour, apart.
-    runs = [(size, batch, target) for size in args.sizes for batch in args.batch for target in targets]
+    # Rows interleaved (every model once per size, then again in the next round), so the load of a
+    # shared machine falls on all of them alike.
+    runs = [
+        (size, batch, target)
+        for size in args.sizes
+        for _ in range(args.rounds)
+        for batch in args.batch
+        for target in targets
+    ]
     for size, batch, target in progress(runs, desc="benchmark", every_n_seconds=0):  # bar or ETA lines
         target_options = baseline_options if target.root else options
         if target.compiled is not None:
@@ -210,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if "flops_per_second" in row:
             row["matmul_fraction"] = row["flops_per_second"] / peak["flops_per_second"]
+    measured = rows
+    rows = median_rows(rows)
     ratios = compare_ratios(rows, pairs)
     print()
+    print(f"# {describe_machine(info)}" + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
     print(format_table(rows))
     if ratios:
         print()
@@ -225,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             "argv": argv or sys.argv[1:],
         }
         document.update(results=rows, ratios=ratios)
+        if args.rounds > 1:
+            document["rounds"] = measured
         Path(args.out).write_text(json.dumps(document, indent=2))
     if args.plot:
         plot_scaling(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["format_table", "compare_ratios", "format_ratios", "plot_scaling"]
+__all__ = ["format_table", "compare_ratios", "format_ratios", "median_rows", "plot_scaling"]
 
 COLUMNS = (
     ("model", "{}", "model"),
@@ -52,6 +53,39 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+RATIO_KEYS = (
+    "latency_ms",
+    "train_latency_ms",
+    "peak_mem_mb",
+    "train_peak_mem_mb",
+    "tensor_peak_mb",
+    "train_tensor_peak_mb",
+    "flops",
+)
+
+
+def median_rows(rows: list[dict]) -> list[dict]:
+    """One row per (model, size, batch): the median of each figure over the rounds that measured it.
+
+    The first round's row supplies the rest; a row that failed in any round stays an error row.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["model"], tuple(row["size"]), row["batch"])].append(row)
+    merged = []
+    for items in groups.values():
+        failed = [row for row in items if "error" in row]
+        if failed or len(items) == 1:
+            merged.append(failed[0] if failed else items[0])
+            continue
+        row = dict(items[0], rounds=len(items))
+        for key, value in items[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = statistics.median(item[key] for item in items)
+        merged.append(row)
+    return merged
+
+
 def compare_ratios(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
     """For each (model, versus) pair at each size: versus / model for latency, memory and FLOPs.
 
@@ -65,7 +99,7 @@ def compare_ratios(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]
             if name != model or other is None:
                 continue
             entry = {"model": model, "versus": versus, "size": list(size), "batch": batch}
-            for key in ("latency_ms", "train_latency_ms", "peak_mem_mb", "train_peak_mem_mb", "flops"):
+            for key in RATIO_KEYS:
                 if row.get(key) and other.get(key):
                     entry[f"{key}_ratio"] = other[key] / row[key]
             ratios.append(entry)
@@ -73,14 +107,25 @@ def compare_ratios(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]
 
 
 def format_ratios(ratios: list[dict]) -> str:
+    """Each figure of `model` as a fraction of `versus`'s (below 1: `model` is faster or smaller).
+
+    The stored `*_ratio` entries are the inverse (versus / model, a speed-up).
+    """
     lines = [
-        "| model | versus | size | fwd speed-up | train speed-up | fwd mem ratio | FLOPs ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| model | versus | size | fwd time | train time | fwd mem | train mem | train tensor mem | FLOPs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ratios:
         cells = [r["model"], r["versus"], "x".join(map(str, r["size"]))]
-        for key in ("latency_ms_ratio", "train_latency_ms_ratio", "peak_mem_mb_ratio", "flops_ratio"):
-            cells.append(f"{r[key]:.2f}x" if key in r else "-")
+        for key in (
+            "latency_ms_ratio",
+            "train_latency_ms_ratio",
+            "peak_mem_mb_ratio",
+            "train_peak_mem_mb_ratio",
+            "train_tensor_peak_mb_ratio",
+            "flops_ratio",
+        ):
+            cells.append(f"{1 / r[key]:.2f}x" if key in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

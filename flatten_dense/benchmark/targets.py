@@ -3,6 +3,7 @@
 A target is named by a string so that a fresh worker process can rebuild it:
     "flatten_pvt_t"                  a registered FLatten backbone (all four outputs)
     "softmax:flatten_pvt_t"          our PVT with softmax spatial-reduction attention (SSSS, sr 8,4,2,1)
+    "plain:flatten_pvt_t"            the same backbone trained with plain autograd (no memory-efficient layers)
     "torchvision:swin_t"             torchvision's Swin backbone part (`features` + `norm`, weights=None)
     "config:PATH[|key=value|...]"   a detector or segmentor built by `commands.build.build_network`
 """
@@ -80,6 +81,8 @@ def display_name(spec: str) -> str:
         return spec.split(":", 1)[1].replace("flatten_", "") + "_softmax"
     if spec.startswith("torchvision:"):
         return "tv_" + spec.split(":", 1)[1]
+    if spec.startswith("plain:"):
+        return spec.split(":", 1)[1] + "@plain_autograd"
     if spec.startswith("config:"):
         return spec.split(":", 1)[1].split("|", 1)[0].rsplit("/", 1)[-1].removesuffix(".yaml")
     return spec
@@ -129,4 +132,6 @@ def build_target(spec: str) -> Target:
         if not name.startswith("flatten_pvt_"):
             raise ValueError(f"no softmax variant of {name} in this project (Swin compares with torchvision)")
         return Target(fd.create_backbone(name, attn_types="SSSS", sr_ratios=PVT_SOFTMAX_SR_RATIOS))
+    if spec.startswith("plain:"):
+        return Target(fd.create_backbone(spec.split(":", 1)[1], memory_efficient=False))
     return Target(fd.create_backbone(spec))
