@@ -3,7 +3,7 @@
 Why our own class rather than `torchvision.datasets.CocoDetection` + `wrap_dataset_for_transforms_v2`:
 we need contiguous labels 1..K for non-contiguous category ids (and the way back for reports),
 crowd annotations kept for evaluation, degenerate boxes dropped once with a log line, and errors
-that name the broken file instead of a traceback from deep inside PIL or pycocotools.
+that name the broken file instead of a traceback from deep inside PIL or the COCO mask code.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import torch
-from pycocotools.coco import COCO
+from faster_coco_eval import COCO
+from faster_coco_eval.core import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -124,7 +124,7 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> str | No
         rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
         if int(mask_utils.area(rle)) > height * width or mask_utils.decode(rle).shape[:2] != (height, width):
             return "compressed RLE does not decode to the image size"
-    except Exception as error:  # pycocotools raises bare Exceptions on bad strings
+    except Exception as error:  # the COCO mask code raises bare Exceptions on bad strings
         return f"compressed RLE does not decode ({' '.join(str(error).split())})"
     return None
 
@@ -182,7 +182,7 @@ class CocoDetection(Dataset):
             raise FileNotFoundError(f"COCO image directory not found: {self.image_dir}")
         self.coco = COCO()
         self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        with contextlib.redirect_stdout(io.StringIO()):  # the COCO index prints progress
             self.coco.createIndex()
 
         categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -287,7 +287,7 @@ class CocoDetection(Dataset):
             raise ValueError(f"{self.annotation_file}: annotation {ann.get('id')} of image {path}: {problem}")
         try:
             return _decode_mask(segmentation, ann["bbox"], height, width)
-        except Exception as e:  # pycocotools raises bare Exceptions ("input type is not supported.")
+        except Exception as e:  # the COCO mask code raises bare Exceptions ("input type is not supported.")
             raise ValueError(
                 f"{self.annotation_file}: cannot decode segmentation of annotation {ann.get('id')} of image {path}: {e}"
             ) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_utils
+from faster_coco_eval.core import mask as mask_utils
 from PIL import Image, ImageDraw
 
 from flatten_dense.core.run_logging import progress
@@ -132,7 +132,7 @@ def _make_image(
             cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
             vertices = _shape_polygon(cat["shape"], cx, cy, size, rng.uniform(-0.4, 0.4))
             polygon = [round(v, 2) for xy in vertices for v in xy]  # x1, y1, x2, y2, ...
-            # rasterise with pycocotools, so pixels, polygon, RLE and area agree exactly
+            # rasterise with COCO's mask code, so pixels, polygon, RLE and area agree exactly
             rle = mask_utils.merge(mask_utils.frPyObjects([polygon], height, width))
             mask = np.ascontiguousarray(mask_utils.decode(rle))  # H x W uint8
             paint(mask, cat["color"])

@@ -8,11 +8,11 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
 import torch
+from faster_coco_eval import COCO
+from faster_coco_eval.core import mask as mask_utils
 from PIL import Image
-from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
 from flatten_dense.core.collate import collate_as_lists
