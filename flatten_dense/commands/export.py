@@ -3,7 +3,8 @@
 MODEL is a zoo name (the backbone: a list of NCHW maps; `--weights` a release ImageNet file), CONFIG a
 segmentation YAML (the segmentor: per-pixel logits at the input size; `--weights` a checkpoint of
 its task, e.g. best.ckpt). Height and width are dynamic, in multiples of 32 between `--min-size` and
-`--max-size` (Swin needs a stage-4 map wider than its 7-window: >= 256). The graph is traced in eval
+`--max-size` (raised to 256 for Swin, whose stage-4 map must be wider than its 7-window, and to 128
+for CSWin). The graph is traced in eval
 mode without autograd; the CPU fast paths (oneDNN linears, chunked MLP, position caches) step aside
 while tracing, so it holds only standard aten ops. `pt2` is `torch.export.save`; `onnx` uses the
 dynamo exporter (opset 18).
@@ -111,7 +112,7 @@ def export(
     """The `flatten-dense export` command; returns (and prints) a one-line summary."""
     module, kind = load_export_target(target, weights=weights, overrides=overrides)
     start = time.perf_counter()
-    low = max(min_size, 256 if _has_swin(module) else min_size)
+    low = max(min_size, _smallest_size(module))
     example = (low, low + STRIDE) if low + STRIDE <= max_size else (low, low)
     path = export_module(module, out, fmt=fmt, example_size=example, min_size=low, max_size=max_size)
     summary = {
@@ -126,7 +127,15 @@ def export(
     return summary
 
 
-def _has_swin(module: nn.Module) -> bool:
+def _smallest_size(module: nn.Module) -> int:
+    """The smallest H, W one graph covers: Swin's stage-4 map wider than its 7-window (a shift at every
+    size), CSWin's stage-3 map at least one 7-wide stripe; PVT any multiple of 32."""
+    from flatten_dense.models.flatten_cswin import FlattenCSWin
     from flatten_dense.models.flatten_swin import FlattenSwin
 
-    return any(isinstance(m, FlattenSwin) for m in module.modules())
+    kinds = {type(m) for m in module.modules()}
+    if any(issubclass(k, FlattenSwin) for k in kinds):
+        return 256
+    if any(issubclass(k, FlattenCSWin) for k in kinds):
+        return 128
+    return STRIDE

@@ -1,0 +1,87 @@
+"""Export at any size: torch.export and ONNX (dynamo) with dynamic H and W, equal to eager.
+
+Tracing a whole backbone takes a minute or more on a small CPU: these are marked slow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import flatten_dense as fd
+from flatten_dense.cli import main
+from flatten_dense.commands.export import _ListOutputs, export_module
+from flatten_dense.models.layers import window_attention
+
+# (model, two input sizes, smallest H/W): Swin's stage-4 map must be wider than its 7-window, CSWin's
+# stage-3 map at least as wide as its 7-wide softmax stripes
+CASES = [
+    ("flatten_pvt_t", ((64, 96), (128, 64)), 64),
+    ("flatten_swin_t", ((256, 288), (320, 256)), 256),
+    ("flatten_cswin_t", ((128, 160), (192, 128)), 128),  # stage 3: at least one 7-wide stripe
+]
+TOLERANCE = 1e-4
+
+
+def _max_difference(expected: tuple[torch.Tensor, ...], got) -> float:
+    return max(float((torch.as_tensor(b) - a).abs().max()) for a, b in zip(expected, got, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "sizes", "min_size"), CASES)
+def test_torch_export_with_dynamic_height_and_width(tmp_path: Path, name: str, sizes, min_size: int) -> None:
+    model = _ListOutputs(fd.create_backbone(name)).eval()
+    path = export_module(model, tmp_path / f"{name}.pt2", fmt="pt2", example_size=sizes[0], min_size=min_size)
+    program = torch.export.load(path).module()
+    for size in sizes:
+        image = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected, got = model(image), program(image)
+        assert [tuple(t.shape[-2:]) for t in got] == [(size[0] // s, size[1] // s) for s in (4, 8, 16, 32)]
+        assert _max_difference(expected, got) < TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "sizes", "min_size"), CASES[:2])
+def test_onnx_dynamo_export_runs_in_onnxruntime_at_two_sizes(tmp_path: Path, name: str, sizes, min_size: int) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _ListOutputs(fd.create_backbone(name)).eval()
+    path = export_module(model, tmp_path / f"{name}.onnx", fmt="onnx", example_size=sizes[0], min_size=min_size)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in sizes:
+        image = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            expected = model(image)
+        got = session.run(None, {"images": image.numpy()})
+        assert [o.shape[-2:] for o in got] == [(size[0] // s, size[1] // s) for s in (4, 8, 16, 32)]
+        assert _max_difference(expected, got) < TOLERANCE
+
+
+@pytest.mark.slow
+def test_export_command_for_a_segmentation_config(tmp_path: Path) -> None:
+    out = tmp_path / "segmentor.pt2"
+    config = "configs/segmentation/demo_sem_fpn_flatten_pvt_v2_b0_synthetic.yaml"
+    assert main(["export", config, "--format", "pt2", "--out", str(out), "--max-size", "512"]) == 0
+    program = torch.export.load(out).module()
+    logits = program(torch.randn(1, 3, 64, 96))[0]
+    assert logits.shape[0] == 1 and logits.shape[-2:] == (64, 96)
+
+
+def test_export_command_rejects_an_unknown_target_in_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["export", "no_such_model", "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "neither a zoo model" in capsys.readouterr().err
+
+
+def test_symbolic_swin_mask_equals_the_eager_mask() -> None:
+    """The mask built from tensor comparisons (used while exporting) masks the same pairs."""
+    for padded, real, shift in [
+        ((14, 21), (10, 21), (3, 3)),
+        ((14, 14), (14, 14), (3, 3)),
+        ((21, 14), (16, 9), (0, 0)),
+    ]:
+        symbolic = window_attention._symbolic_shifted_window_mask(padded, real, (7, 7), shift)
+        eager = window_attention.shifted_window_mask(padded, real, (7, 7), shift)
+        assert torch.equal(symbolic, torch.zeros_like(symbolic) if eager is None else eager)
