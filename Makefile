@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-segmentation demo-cascade test lint clean
+.PHONY: demo demo-segmentation demo-cascade test test-heavy lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ demo-cascade: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-heavy: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,onnx]"
+	$(PY) -m pytest -q -m heavy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

@@ -17,10 +17,14 @@ from flatten_dense.models.layers import window_attention
 
 # (model, two input sizes, smallest H/W): Swin's stage-4 map must be wider than its 7-window, CSWin's
 # stage-3 map at least as wide as its 7-wide softmax stripes
+# Tracing Swin (not finished in 25 min on the 2-core CPU) and CSWin (13 min) with symbolic sizes is
+# far over the suite's budget: they carry the `heavy` marker, which `make test` deselects and
+# `make test-heavy` runs.
+HEAVY = pytest.mark.heavy
 CASES = [
     ("flatten_pvt_t", ((64, 96), (128, 64)), 64),
-    ("flatten_swin_t", ((256, 288), (320, 256)), 256),
-    ("flatten_cswin_t", ((128, 160), (192, 128)), 128),  # stage 3: at least one 7-wide stripe
+    pytest.param("flatten_swin_t", ((256, 288), (320, 256)), 256, marks=HEAVY),
+    pytest.param("flatten_cswin_t", ((128, 160), (192, 128)), 128, marks=HEAVY),  # one 7-wide stripe in stage 3
 ]
 TOLERANCE = 1e-4
 
@@ -43,7 +47,7 @@ def test_torch_export_with_dynamic_height_and_width(tmp_path: Path, name: str, s
         assert _max_difference(expected, got) < TOLERANCE
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the dynamo ONNX export of PVT-T alone took 8 min on the loaded 2-core CPU
 @pytest.mark.parametrize(("name", "sizes", "min_size"), CASES[:2])
 def test_onnx_dynamo_export_runs_in_onnxruntime_at_two_sizes(tmp_path: Path, name: str, sizes, min_size: int) -> None:
     ort = pytest.importorskip("onnxruntime")
@@ -60,7 +64,7 @@ def test_onnx_dynamo_export_runs_in_onnxruntime_at_two_sizes(tmp_path: Path, nam
         assert _max_difference(expected, got) < TOLERANCE
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_export_command_for_a_segmentation_config(tmp_path: Path) -> None:
     out = tmp_path / "segmentor.pt2"
     config = "configs/segmentation/demo_sem_fpn_flatten_pvt_v2_b0_synthetic.yaml"
