@@ -23,9 +23,9 @@ from omegaconf import DictConfig
 from flatten_dense.commands.common import writable_dir
 from flatten_dense.core.checkpointing import AtomicCheckpointIO, BestCheckpoint, CheckpointOptions
 from flatten_dense.core.config import ConfigError, load_config, resolve_run_dir, to_container
-from flatten_dense.core.paths import resolve_config
 from flatten_dense.core.launch import check_launch
 from flatten_dense.core.numerics import NumericalGuard, newest_checkpoint_in
+from flatten_dense.core.paths import resolve_config
 from flatten_dense.core.preemption import PreemptionCallback
 from flatten_dense.core.resumable_sampler import RestoreDataPosition
 from flatten_dense.core.run_logging import LoggingOptions
