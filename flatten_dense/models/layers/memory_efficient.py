@@ -71,7 +71,7 @@ class MemEffMlp(Mlp):
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         if not (_records() and _dropout_off(self.drop)):
             return super().forward(x, grid)
-        return gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
+        return self.drop(gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias))  # drop: off here (identity)
 
 
 class MemEffDepthwiseConvMlp(DepthwiseConvMlp):
@@ -80,7 +80,7 @@ class MemEffDepthwiseConvMlp(DepthwiseConvMlp):
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         if not (_records() and _dropout_off(self.drop)):
             return super().forward(x, grid)
-        return gelu_linear(self.dwconv(self.fc1(x), grid), self.fc2.weight, self.fc2.bias)
+        return self.drop(gelu_linear(self.dwconv(self.fc1(x), grid), self.fc2.weight, self.fc2.bias))  # identity
 
 
 MEMORY_EFFICIENT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
