@@ -211,6 +211,10 @@ class CocoDetection(Dataset):
                 dropped,
             )
 
+    def sample_files(self, index: int) -> tuple[Path]:
+        """The file a sample reads (what a skipped sample is named by)."""
+        return (self.image_dir / str(self.coco.imgs[self.ids[index]]["file_name"]),)
+
     def annotations_of(self, image_id: int) -> list[dict[str, Any]]:
         """The annotations this dataset uses for an image (degenerate boxes left out)."""
         return self._annotations[image_id]

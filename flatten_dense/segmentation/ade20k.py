@@ -106,6 +106,11 @@ class ADE20KDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_files(self, index: int) -> tuple[Path, ...]:
+        """The files a sample reads, image first (what a skipped sample is named by)."""
+        image_path, label_path = self.samples[index]
+        return (image_path,) if label_path is None else (image_path, label_path)
+
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image_path, label_path = self.samples[index]
         image = read_rgb_image(image_path)  # 3,H,W uint8
