@@ -5,6 +5,7 @@ found at start-up (before the first training step); `data.skip_bad_samples` skip
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -154,21 +155,51 @@ def test_decode_failure_in_a_worker_process_is_one_line(coco, tmp_path, capsys):
     assert "in DataLoader worker" in line and any(str(v) in line for v in victims) and "Traceback" not in line
 
 
-@pytest.mark.slow
-def test_skip_bad_samples_skips_and_counts(coco, tmp_path, capsys, caplog):
+def _skip_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.getMessage().startswith("data.skip_bad_samples")
+    ]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_bad_samples_warns_once_per_epoch_and_split(workers, coco, tmp_path, caplog):
+    """Train: one sample the start-up check leaves out (unknown category), one that passes the check
+    but fails to decode (cut pixel data); val: one that fails to decode. With workers the failures
+    happen in worker processes: the warnings come from the main process, one per epoch and split."""
     path, data = _annotations(coco)
-    ann = _polygon_annotation(data)
-    ann["segmentation"] = [[1.0, 2.0]]
+    ann = data["annotations"][0]
+    ann["category_id"] = 999
     path.write_text(json.dumps(data))
-    bad_image = next(i for i in data["images"] if i["id"] == ann["image_id"])["file_name"]
-    truncated = next(coco / "train2017" / i["file_name"] for i in data["images"] if i["file_name"] != bad_image)
-    _truncate(truncated)
-    config = tiny_config(tmp_path, "mask_rcnn", coco)
-    assert _train(config, "+data.skip_bad_samples=true") == 0
-    warnings = [r.getMessage() for r in caplog.records if "skip_bad_samples" in r.getMessage()]
-    assert any("leaving out 1 of" in w and bad_image in w for w in warnings), warnings
-    assert any(truncated.name in w for w in warnings), warnings  # replaced when it failed to decode
-    assert (tmp_path / "run_mask_rcnn" / "checkpoints" / "last.ckpt").is_file()
+    left_out = next(i for i in data["images"] if i["id"] == ann["image_id"])["file_name"]
+    truncated = next(i["file_name"] for i in data["images"] if i["file_name"] != left_out)
+    _truncate(coco / "train2017" / truncated)
+    val_truncated = _annotations(coco, "val")[1]["images"][-1]["file_name"]
+    _truncate(coco / "val2017" / val_truncated)
+    config = tiny_config(tmp_path, "retinanet", coco)
+    caplog.set_level(logging.INFO)
+    overrides = ["+data.skip_bad_samples=true", f"data.num_workers={workers}", "trainer.max_epochs=2"]
+    assert _train(config, *overrides) == 0
+    warnings = _skip_warnings(caplog)
+    by_epoch = sorted(w.split(": ")[1] for w in warnings)
+    assert by_epoch == ["train epoch 0", "train epoch 1", "val epoch 0", "val epoch 1"], warnings
+    for line in warnings:
+        if ": train epoch" in line:
+            assert "skipped 2 of 4 sample(s)" in line, line
+            assert f"1 left out by the start-up check: {coco / 'train2017' / left_out} (annotation {ann['id']})" in line
+            assert f"1 failed to decode: {coco / 'train2017' / truncated}: " in line, line
+        else:
+            assert "skipped 1 of 3 sample(s)" in line and f"{coco / 'val2017' / val_truncated}: " in line, line
+            assert "left out" not in line, line
+    assert (tmp_path / "run_retinanet" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_skip_bad_samples_is_silent_in_an_epoch_without_skips(coco, tmp_path, caplog):
+    config = tiny_config(tmp_path, "retinanet", coco)
+    assert _train(config, "+data.skip_bad_samples=true", "data.num_workers=2", "trainer.limit_val_batches=1") == 0
+    assert _skip_warnings(caplog) == []
+    assert (tmp_path / "run_retinanet" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_check_data_prints_a_table_and_exits_2_on_a_broken_copy(coco, tmp_path, capsys):
@@ -248,3 +279,50 @@ def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(np.full((4, 4), 7.5, np.float32)).save(tmp_path / "hdr.tif")
     with pytest.raises(ValueError, match=r"hdr.tif: PIL mode 'F' with values 7.5..7.5 has no 8-bit meaning"):
         read_rgb_image(tmp_path / "hdr.tif")
+
+
+def _report_on_rank(rank: int, folder: Path, port: int) -> None:
+    """One DDP rank: a skipping dataset whose decode failures differ per rank, reported at epoch end."""
+    import torch.distributed as dist
+
+    from flatten_dense.core.data_check import Problem, SkippingDataset
+    from flatten_dense.core.skipped_samples import SkippedSamplesReport
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dataset = SkippingDataset(list(range(8)), [Problem(0, "a.png", "unknown category_id 9", 4)], split="train")
+    # sample 3 fails on both ranks (a padded shard repeats it), 5 on rank 0 only, 6 on rank 1 only
+    dataset.record([Problem(3, "c.png", "truncated"), Problem(5 + rank, f"r{rank}.png", "truncated")])
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("flatten_dense.core.skipped_samples").addHandler(handler)
+    trainer = type(
+        "Trainer",
+        (),
+        {
+            "datamodule": type("DM", (), {"skipping": lambda self, split: dataset if split == "train" else None})(),
+            "is_global_zero": rank == 0,
+            "current_epoch": 3,
+        },
+    )()
+    SkippedSamplesReport().on_train_epoch_end(trainer, None)
+    SkippedSamplesReport().on_train_epoch_end(trainer, None)  # nothing new: start-up skips only
+    (folder / f"rank{rank}.json").write_text(json.dumps(lines))
+    dist.destroy_process_group()
+
+
+def test_skip_report_under_ddp_counts_every_rank_once_on_rank_zero(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_report_on_rank, args=(tmp_path, port), nprocs=2, start_method="fork")
+    assert json.loads((tmp_path / "rank1.json").read_text()) == []
+    first, second = json.loads((tmp_path / "rank0.json").read_text())
+    assert first.startswith("data.skip_bad_samples: train epoch 3: skipped 4 of 8 sample(s)"), first
+    assert "1 left out by the start-up check: a.png (annotation 4)" in first
+    assert "3 failed to decode: c.png: truncated; r0.png: truncated; r1.png: truncated" in first
+    assert second.startswith("data.skip_bad_samples: train epoch 3: skipped 1 of 8") and "failed" not in second

@@ -29,6 +29,7 @@ from flatten_dense.core.paths import resolve_config
 from flatten_dense.core.preemption import PreemptionCallback
 from flatten_dense.core.resumable_sampler import RestoreDataPosition
 from flatten_dense.core.run_logging import LoggingOptions
+from flatten_dense.core.skipped_samples import SkippedSamplesReport
 from flatten_dense.core.task import DenseTask, TaskSpec
 from flatten_dense.core.validate import VALIDATED_SECTIONS, validate_config
 from flatten_dense.models.checkpoint import CheckpointMismatchError, mismatch_report
@@ -154,7 +155,11 @@ def build_trainer(
     kwargs["plugins"] = [AtomicCheckpointIO()]
     display = LoggingOptions(**run.section("logging"))  # progress bar or log lines, pictures
     if evaluation:
-        kwargs.update(logger=False, enable_checkpointing=False, callbacks=[*display.callbacks(kwargs), *callbacks])
+        kwargs.update(
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=[SkippedSamplesReport(), *display.callbacks(kwargs), *callbacks],
+        )
         return L.Trainer(**{k: v for k, v in kwargs.items() if k not in ("max_epochs", "max_steps")})
     options = CheckpointOptions(**run.section("checkpoint"))
     checkpoints = run.run_dir / "checkpoints"
@@ -197,6 +202,7 @@ def build_trainer(
         guard,
         PreemptionCallback(checkpoints),
         RestoreDataPosition(),
+        SkippedSamplesReport(),
         LearningRateMonitor(logging_interval="step"),
         *display.callbacks(kwargs, draw=run.spec.draw, pictures_dir=run.run_dir / "pictures"),
         *callbacks,

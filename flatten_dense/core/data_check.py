@@ -6,9 +6,10 @@ and returns a `DataReport`. The DataModule applies it when it builds the split's
 
 - `skip_bad_samples=False` (default): the first problem is one `ValueError` line naming the file
   (and the annotation id) and how many more there are;
-- `skip_bad_samples=True`: bad samples are left out (one warning listing how many and the first
-  few files), and a sample that still fails to decode later is replaced by the next good one
-  (one warning per file, also from a worker process).
+- `skip_bad_samples=True`: bad samples are left out, and a sample that still fails to decode
+  later is replaced by the next good one. Both are counted: `core/skipped_samples.py` carries the
+  decode failures from the DataLoader workers to the main process with the batches and warns once
+  per epoch and split (how many, the first few files).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,7 @@ __all__ = [
     "Problem",
     "SkippingDataset",
     "apply_report",
+    "decode_problem",
     "check_threads",
     "header_reason",
     "parallel_map",
@@ -145,65 +148,88 @@ def timed(fn: Callable[[], DataReport]) -> DataReport:
     return report
 
 
-class SkippingDataset(Dataset):
-    """A dataset without its bad samples; a sample that fails later is replaced by the next one.
+def decode_problem(index: int, files: Sequence[str], error: Exception) -> Problem:
+    """A sample that failed to decode, as a `Problem`: the file named in the error (else its first
+    file), the reason without that path, and the annotation id when the error names one."""
+    text = " ".join(str(error).split())
+    file = next((f for f in files if f and f in text), files[0] if files else "?")
+    annotation = re.search(r"annotation (\S+) of image", text)
+    reason = text.split(f"{file}: ", 1)[1] if f"{file}: " in text else text
+    return Problem(index, file, reason, annotation.group(1) if annotation else None)
 
-    Attributes of the wrapped dataset (class names, category ids, ...) read through.
+
+class SkippingDataset(Dataset):
+    """A dataset without the samples the start-up check found bad (`left_out`); a sample that fails
+    to decode later is replaced by the next good one and recorded.
+
+    The records travel as `core/skipped_samples.py` describes: `take_failed()` (in the process that
+    read the samples, e.g. a DataLoader worker) -> the batch -> `record()` (main process) ->
+    `take_epoch()` for the epoch's warning. Attributes of the wrapped dataset (class names,
+    category ids, ...) read through.
     """
 
-    def __init__(self, dataset: Any, bad: Iterable[int], *, split: str) -> None:
+    _OWN = ("dataset", "indices", "split", "source", "left_out", "_failed", "_received")
+
+    def __init__(self, dataset: Any, left_out: Iterable[Problem] = (), *, split: str, source: str = "") -> None:
         self.dataset = dataset
         self.split = split
-        bad = set(bad)
+        self.source = source
+        self.left_out: tuple[Problem, ...] = tuple(left_out)
+        bad = {p.index for p in self.left_out}
         self.indices = [i for i in range(len(dataset)) if i not in bad]
-        self._warned: set[int] = set()
+        self._failed: list[Problem] = []  # decode failures in this process, not yet taken
+        self._received: list[Problem] = []  # decode failures the main process got this epoch
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "indices", "split", "_warned"):  # not set yet (e.g. while unpickling)
+        if name in SkippingDataset._OWN:  # not set yet (e.g. while unpickling)
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
     def __getitem__(self, index: int) -> Any:
         for step in range(len(self.indices)):
             position = (index + step) % len(self.indices)
+            original = self.indices[position]
             try:
-                return self.dataset[self.indices[position]]
+                return self.dataset[original]
             except Exception as error:  # skip_bad_samples: a decode failure skips the sample
-                if position not in self._warned:
-                    self._warned.add(position)
-                    log.warning(
-                        "data.skip_bad_samples: skipped %s sample %d (%s)",
-                        self.split,
-                        self.indices[position],
-                        " ".join(str(error).split()),
-                    )
+                files = self.dataset.sample_files(original) if hasattr(self.dataset, "sample_files") else ()
+                self._failed.append(decode_problem(original, [str(f) for f in files], error))
         raise ValueError(f"every {self.split} sample failed to load")
+
+    def take_failed(self) -> tuple[Problem, ...]:
+        """The decode failures this process has seen since the last call."""
+        failed, self._failed = tuple(self._failed), []
+        return failed
+
+    def record(self, failed: Iterable[Problem]) -> None:
+        """Main process: decode failures that arrived with a batch."""
+        self._received.extend(failed)
+
+    def take_epoch(self) -> list[Problem]:
+        """Main process: the decode failures recorded since the last call (one epoch's)."""
+        received, self._received = self._received, []
+        return received
 
 
 def apply_report(dataset: Any, report: DataReport, *, skip_bad_samples: bool) -> Any:
     """The dataset a run uses, or ValueError (one line) for a problem the run must not start with."""
     if report.refusal is not None:
         raise ValueError(report.refusal)
-    if not report.problems:
-        return SkippingDataset(dataset, (), split=report.split) if skip_bad_samples else dataset
-    if not skip_bad_samples:
+    if report.problems and not skip_bad_samples:
         raise ValueError(report.first_error())
-    bad = report.bad_indices
-    if len(bad) >= len(dataset):
+    if not skip_bad_samples:
+        return dataset
+    if len(report.bad_indices) >= len(dataset):
         raise ValueError(f"every {report.split} sample of {report.source} is bad, e.g. {report.problems[0].line()}")
-    shown = "; ".join(p.line() for p in report.problems[:FIRST_SHOWN])
-    log.warning(
-        "data.skip_bad_samples: leaving out %d of %d %s sample(s) of %s, e.g. %s",
-        len(bad),
-        len(dataset),
-        report.split,
-        report.source,
-        shown,
-    )
-    return SkippingDataset(dataset, bad, split=report.split)
+    first = {}  # the first problem of each bad sample: what the epoch warnings name
+    for problem in report.problems:
+        first.setdefault(problem.index, problem)
+    if first:  # the warning comes with every epoch (core/skipped_samples.py); this says it at start-up
+        log.info("data.skip_bad_samples: leaving out %d of %d %s sample(s)", len(first), len(dataset), report.split)
+    return SkippingDataset(dataset, first.values(), split=report.split, source=report.source)
 
 
 def report_table(reports: Sequence[DataReport]) -> list[tuple[Any, ...]]:

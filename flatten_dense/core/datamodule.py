@@ -16,8 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from flatten_dense.core.collate import collate_as_lists
+from flatten_dense.core.data_check import SkippingDataset
 from flatten_dense.core.resumable_sampler import ResumableDataLoader, SampleSeeded
 from flatten_dense.core.samplers import eval_sampler, train_sampler
+from flatten_dense.core.skipped_samples import ReportSkipped, ResumableSkipReportingLoader, SkipReportingLoader
 
 __all__ = ["DenseDataModule", "Split"]
 
@@ -69,16 +71,29 @@ class DenseDataModule(L.LightningDataModule):
         for split in STAGE_SPLITS.get(stage or "", ("train", "val", "test")):
             self.dataset(split)
 
+    def skipping(self, split: Split) -> SkippingDataset | None:
+        """The split's dataset when `skip_bad_samples` is on (its loaders report what they skip), else None."""
+        dataset = self._datasets.get(split)
+        return dataset if isinstance(dataset, SkippingDataset) else None
+
+    @staticmethod
+    def _skip_reporting(dataset: Dataset, collate_fn: Callable[[list[Any]], Any]) -> dict[str, Any]:
+        """Loader arguments that carry decode failures to `SkippedSamplesReport` (none without skipping)."""
+        if not isinstance(dataset, SkippingDataset):
+            return {"collate_fn": collate_fn}
+        return {"collate_fn": ReportSkipped(collate_fn, dataset), "skipping": dataset}
+
     def _loader(self, dataset: Dataset, *, batch_size: int, sampler, collate_fn, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
+        skip = self._skip_reporting(dataset, collate_fn)
+        return (SkipReportingLoader if "skipping" in skip else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,
-            collate_fn=collate_fn,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            **skip,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -88,17 +103,18 @@ class DenseDataModule(L.LightningDataModule):
         sampler = train_sampler(dataset, seed=self.seed)
         # never drop the only batch there is
         drop_last = self.drop_last_train and len(sampler) >= self.batch_size
-        return ResumableDataLoader(
+        skip = self._skip_reporting(dataset, type(self).train_collate)
+        return (ResumableSkipReportingLoader if "skipping" in skip else ResumableDataLoader)(
             SampleSeeded(dataset),
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=drop_last,
-            collate_fn=type(self).train_collate,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # loader seeds drawn here, not from the global RNG
             progress=self.train_progress,
+            **skip,
         )
 
     def train_progress(self) -> tuple[int, bool]:
