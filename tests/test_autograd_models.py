@@ -1,4 +1,5 @@
-"""The memory-efficient training path of whole models against plain autograd (float64, small inputs)."""
+"""The fast layers of whole models against the plain forms (float64, small inputs): gradients in training,
+outputs in inference."""
 
 import copy
 
@@ -7,15 +8,12 @@ import torch
 
 import flatten_dense as fd
 from flatten_dense.models.layers import FocusedLinearAttention, Mlp
-from flatten_dense.models.layers.memory_efficient import (
-    MemEffFocusedLinearAttention,
-    MemEffMlp,
-    set_memory_efficient,
-)
+from flatten_dense.models.layers.fast_layers import FastFocusedLinearAttention, FastMlp, set_fast_layers
 
 # Narrow, shallow versions of the families: the same layers, seconds instead of a minute in float64.
 SMALL_PVT = {"embed_dims": (16, 32, 40, 64), "depths": (1, 1, 1, 1)}
 SMALL_SWIN = {"embed_dim": 24, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4), "linear_window": 7}
+SMALL_GLOBAL_SWIN = {"embed_dim": 24, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 2, 4)}  # norm1 fused into qkv
 
 
 def _pair(name, **kwargs):
@@ -25,7 +23,7 @@ def _pair(name, **kwargs):
         if hasattr(module, "p") and isinstance(module.p, float):
             module.p = 0.0
     plain = copy.deepcopy(fast)
-    plain.set_memory_efficient(False)
+    plain.set_fast_layers(False)
     return fast.train(), plain.train()
 
 
@@ -42,12 +40,13 @@ def _grads(model, images):
         ("flatten_pvt_t", (64, 96), SMALL_PVT),
         ("flatten_pvt_v2_b0", (64, 64), SMALL_PVT),
         ("flatten_swin_t", (96, 80), SMALL_SWIN),  # padded linear windows
+        ("flatten_swin_t", (64, 96), SMALL_GLOBAL_SWIN),  # one global window
     ],
 )
 def test_gradients_equal_plain_autograd(name, size, kwargs):
     fast, plain = _pair(name, **kwargs)
-    assert any(isinstance(m, MemEffFocusedLinearAttention) for m in fast.modules())
-    assert not any(isinstance(m, MemEffFocusedLinearAttention) for m in plain.modules())
+    assert any(isinstance(m, FastFocusedLinearAttention) for m in fast.modules())
+    assert not any(isinstance(m, FastFocusedLinearAttention) for m in plain.modules())
     images = torch.randn(2, 3, *size, dtype=torch.float64)
     out_fast, grads_fast = _grads(fast, images)
     out_plain, grads_plain = _grads(plain, images)
@@ -61,13 +60,13 @@ def test_gradients_equal_plain_autograd(name, size, kwargs):
 def test_switch_keeps_state_dict_and_goes_back():
     model = fd.create_backbone("flatten_pvt_t", out_indices=(3,))
     keys = list(model.state_dict())
-    assert model.memory_efficient
-    model.set_memory_efficient(False)
+    assert model.fast_layers
+    model.set_fast_layers(False)
     assert type(model.block1[0].attn) is FocusedLinearAttention and type(model.block1[0].mlp) is Mlp
-    model.set_memory_efficient(True)
-    assert type(model.block1[0].attn) is MemEffFocusedLinearAttention and type(model.block1[0].mlp) is MemEffMlp
+    model.set_fast_layers(True)
+    assert type(model.block1[0].attn) is FastFocusedLinearAttention and type(model.block1[0].mlp) is FastMlp
     assert list(model.state_dict()) == keys
-    plain = set_memory_efficient(copy.deepcopy(model), False)
+    plain = set_fast_layers(copy.deepcopy(model), False)
     assert list(plain.state_dict()) == keys
 
 
@@ -81,10 +80,19 @@ def test_with_cp_on_top():
         torch.testing.assert_close(grads_fast[key], grads_plain[key], rtol=1e-8, atol=1e-11, msg=key)
 
 
-def test_inference_is_the_plain_path():
-    fast, plain = _pair("flatten_pvt_t", **SMALL_PVT)
+@pytest.mark.parametrize(
+    ("name", "size", "kwargs"),
+    [
+        ("flatten_pvt_t", (64, 96), SMALL_PVT),
+        ("flatten_pvt_v2_b0", (64, 64), SMALL_PVT),
+        ("flatten_swin_t", (96, 80), SMALL_SWIN),
+    ],
+)
+def test_fast_inference_equals_the_plain_forward(name, size, kwargs):
+    """The in-place, fused inference path computes the plain forward's numbers (float64: rounding only)."""
+    fast, plain = _pair(name, **kwargs)
     fast.eval(), plain.eval()
-    images = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    images = torch.randn(1, 3, *size, dtype=torch.float64)
     with torch.no_grad():
         for a, b in zip(fast(images), plain(images), strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

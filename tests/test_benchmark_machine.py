@@ -5,7 +5,7 @@ from __future__ import annotations
 from flatten_dense.benchmark.cli import _targets, build_parser, describe_machine, machine_info
 from flatten_dense.benchmark.report import compare_ratios, format_ratios, median_rows
 from flatten_dense.benchmark.targets import build_target, display_name
-from flatten_dense.models.layers.memory_efficient import MemEffFocusedLinearAttention
+from flatten_dense.models.layers.fast_layers import FastFocusedLinearAttention
 
 
 def test_machine_line_names_cpu_flags_threads_and_allocator():
@@ -35,5 +35,5 @@ def test_compare_plain_adds_the_plain_autograd_rows():
     assert pairs == [("flatten_pvt_t", "flatten_pvt_t@plain_autograd")]
     assert display_name("plain:flatten_pvt_t") == "flatten_pvt_t@plain_autograd"
     model = build_target("plain:flatten_pvt_t").model
-    assert not model.memory_efficient
-    assert not any(isinstance(m, MemEffFocusedLinearAttention) for m in model.modules())
+    assert not model.fast_layers
+    assert not any(isinstance(m, FastFocusedLinearAttention) for m in model.modules())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -270,10 +271,10 @@ def test_forward_intermediates_timm_style() -> None:
 
 def test_chunked_inference_mlp_equals_the_plain_mlp() -> None:
     """Inference runs norm + MLP + residual over token chunks; it must give the training-path numbers."""
-    from flatten_dense.models.layers.mlp import INFERENCE_CHUNK_TOKENS, Mlp
+    from flatten_dense.models.layers.fast_layers import INFERENCE_CHUNK_TOKENS, FastMlp
 
     torch.manual_seed(0)
-    mlp = Mlp(32, 256).eval()
+    mlp = FastMlp(32, 256).eval()
     norm = torch.nn.LayerNorm(32).eval()
     x = torch.randn(2, INFERENCE_CHUNK_TOKENS * 2 + 100, 32)
     with torch.no_grad():
@@ -286,16 +287,17 @@ def test_chunked_inference_mlp_equals_the_plain_mlp() -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_inference_path_equals_the_autograd_path(name: str) -> None:
-    """Eval without autograd takes the fused path (oneDNN linears, chunked MLP, residuals fused into
-    projections, split q/k/v); it must give the numbers of the plain path autograd uses."""
+def test_fast_inference_path_equals_the_plain_forward(name: str) -> None:
+    """Eval without autograd takes the fast path (oneDNN linears, chunked MLP, residuals fused into
+    projections, split q/k/v, in-place kernels); it must give the numbers of the plain forward."""
     torch.manual_seed(0)
     model = fd.create_backbone(name).eval()
+    plain_model = copy.deepcopy(model)
+    plain_model.set_fast_layers(False)
     image = torch.randn(1, 3, 288, 320)  # PVT's first stage: 72 x 80 tokens, more than one MLP chunk
     with torch.no_grad():
         fused = model(image)
-    with torch.enable_grad():
-        plain = model(image)
+        plain = plain_model(image)
     for got, expected in zip(fused, plain):
         assert ((got - expected).norm() / expected.norm()).item() < 1e-5
 
@@ -307,8 +309,8 @@ UNAPPLIED_BY_DESIGN = {"flatten_pvt_t": {"norm"}}  # stored in the released v1 f
 def test_every_module_takes_part_in_the_forward(name: str) -> None:
     """No dead modules: in a training-mode forward of the plain layers every leaf module without
     parameters is called, and every parameter gets a gradient (layers used through their weights,
-    e.g. split q/k/v). The memory-efficient layers skip a zero-rate dropout on purpose."""
-    model = fd.create_classifier(name, memory_efficient=False).train()
+    e.g. split q/k/v). The fast layers skip a zero-rate dropout on purpose."""
+    model = fd.create_classifier(name, fast_layers=False).train()
     called: set[str] = set()
     for module_name, module in model.named_modules():
         module.register_forward_hook(lambda *_, module_name=module_name: called.add(module_name))

@@ -68,7 +68,10 @@ def pool_tokens(x: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tens
 @torch.no_grad()
 def head_tokens(layer: FocusedLinearAttention, x: Tensor, grid: tuple[int, int]) -> HeadTokens:
     """q, k (with the key position encoding), v and the focused kernels of tokens x (1, N, C)."""
-    q, k, v = layer.project_qkv(x, key_offset=layer.key_position(grid))  # learned (resized), sinusoidal or none
+    q, k, v = layer.project_qkv(x)
+    position = layer.key_position(grid)  # learned (resized), sinusoidal or none
+    if position is not None:
+        k = k + position
     q, k, v = (t[0].double() for t in (q, k, v))
     scale = layer.scale[0].double()
     q_phi = focused_kernel(q[None], scale[None], layer.focusing_factor)[0]

@@ -133,5 +133,5 @@ def build_target(spec: str) -> Target:
             raise ValueError(f"no softmax variant of {name} in this project (Swin compares with torchvision)")
         return Target(fd.create_backbone(name, attn_types="SSSS", sr_ratios=PVT_SOFTMAX_SR_RATIOS))
     if spec.startswith("plain:"):
-        return Target(fd.create_backbone(spec.split(":", 1)[1], memory_efficient=False))
+        return Target(fd.create_backbone(spec.split(":", 1)[1], fast_layers=False))
     return Target(fd.create_backbone(spec))

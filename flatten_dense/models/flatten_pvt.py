@@ -27,13 +27,14 @@ from .layers import (
     SpatialReductionAttention,
     in_inference,
 )
+from .layers.fast_layers import FAST_LAYERS, FastFocusedLinearAttention, uses_fast_path
 from .layers.position_encoding import position_encoding_kind, sinusoidal_position_table
 from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
-__all__ = ["FlattenPVT", "PVTBlock"]
+__all__ = ["FastPVTBlock", "FlattenPVT", "PVTBlock"]
 
 NORM_EPS = 1e-6
 
@@ -76,12 +77,29 @@ class PVTBlock(nn.Module):
         self.mlp = DepthwiseConvMlp(dim, hidden) if conv_mlp else Mlp(dim, hidden)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        if not in_inference(self):
-            x = x + self.drop_path(self.attn(self.norm1(x), grid))
-            return x + self.drop_path(self.mlp(self.norm2(x), grid))
-        # Inference (drop path off): residual adds fused into the output projections.
-        x = self.attn(self.norm1(x), grid, residual=x)
-        return self.mlp.residual_inference(x, self.norm2, grid)
+        x = x + self.drop_path(self.attn(self.norm1(x), grid))
+        return x + self.drop_path(self.mlp(self.norm2(x), grid))
+
+
+class FastPVTBlock(PVTBlock):
+    """PVTBlock on the fast path (`layers/fast_layers.py`): in training each norm is fused into the
+    linears after it; in inference the residual adds are fused into the output projections."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if not uses_fast_path():
+            return super().forward(x, grid)
+        if in_inference(self):
+            x = self.attn(self.norm1(x), grid, residual=x)
+            return self.mlp.residual_inference(x, self.norm2, grid)
+        if isinstance(self.attn, FastFocusedLinearAttention):
+            attended = self.attn.normed_forward(x, self.norm1, grid)
+        else:
+            attended = self.attn(self.norm1(x), grid)
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp.normed_forward(x, self.norm2, grid))
+
+
+FAST_LAYERS[PVTBlock] = FastPVTBlock
 
 
 class FlattenPVT(PyramidModel):

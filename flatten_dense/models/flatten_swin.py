@@ -29,12 +29,13 @@ from .layers import (
     window_partition,
     window_reverse,
 )
+from .layers.fast_layers import FAST_LAYERS, uses_fast_path
 from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
-__all__ = ["FlattenSwin", "PatchMerging", "SwinBlock"]
+__all__ = ["FastSwinBlock", "FlattenSwin", "PatchMerging", "SwinBlock"]
 
 
 def softmax_shift(grid: tuple[int, int], window: int, shifted: bool) -> tuple[int, int]:
@@ -88,19 +89,23 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor, grid: tuple[int, int], mask: Tensor | None = None) -> Tensor:  # (B, H*W, C) -> same
         """`mask`: the stage's softmax mask for this block's shift at this grid (`SwinStage.softmax_masks`)."""
+        x = x + self.drop_path(self.attend(self.norm1(x), grid, mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def attend(self, x: Tensor, grid: tuple[int, int], mask: Tensor | None) -> Tensor:  # (B, H*W, C) -> same
+        """The block's attention (linear or windowed softmax) of normalised tokens x."""
         batch, tokens, channels = x.shape
-        attended = self.norm1(x).view(batch, grid[0], grid[1], channels)
-        attended = self._linear(attended) if self.attn_type == "L" else self._softmax(attended, mask)
-        if not in_inference(self):
-            x = x + self.drop_path(attended.reshape(batch, tokens, channels))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        # Inference (drop path off): `attended` is a fresh buffer, so the residual goes into it.
-        x = attended.reshape(batch, tokens, channels).add_(x)
-        return self.mlp.residual_inference(x, self.norm2)
+        x = x.view(batch, grid[0], grid[1], channels)
+        x = self._linear(x) if self.attn_type == "L" else self._softmax(x, mask)
+        return x.reshape(batch, tokens, channels)
+
+    def global_linear(self, grid: tuple[int, int]) -> bool:
+        """Linear attention over the whole grid (one window), not over windows of it."""
+        return self.linear_window is None or (self.linear_window >= grid[0] and self.linear_window >= grid[1])
 
     def _linear(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> same
         batch, height, width, channels = x.shape
-        if self.linear_window is None or (self.linear_window >= height and self.linear_window >= width):
+        if self.global_linear((height, width)):
             return self.attn(x.reshape(batch, height * width, channels), (height, width)).view_as(x)
         window = (min(self.linear_window, height), min(self.linear_window, width))
         padded = pad_to_multiple(x, window)
@@ -125,6 +130,28 @@ class SwinBlock(nn.Module):
         if any(shift):
             out = torch.roll(out, shifts=shift, dims=(1, 2))
         return out[:, :height, :width]
+
+
+class FastSwinBlock(SwinBlock):
+    """SwinBlock on the fast path (`layers/fast_layers.py`): in training each norm is fused into the
+    linears after it (norm1 where the attention takes the whole grid); in inference the residual
+    adds are fused too."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int], mask: Tensor | None = None) -> Tensor:
+        if not uses_fast_path():
+            return super().forward(x, grid, mask)
+        if in_inference(self):
+            x = self.attend(self.norm1(x), grid, mask).add_(x)  # a fresh buffer: the residual goes into it
+            return self.mlp.residual_inference(x, self.norm2)
+        if self.attn_type == "L" and self.global_linear(grid):  # tokens go straight in: norm1 fused too
+            attended = self.attn.normed_forward(x, self.norm1, grid)
+        else:
+            attended = self.attend(self.norm1(x), grid, mask)
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp.normed_forward(x, self.norm2))
+
+
+FAST_LAYERS[SwinBlock] = FastSwinBlock
 
 
 class PatchMerging(nn.Module):

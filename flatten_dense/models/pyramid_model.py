@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .feature_info import FeatureInfo
-from .layers.memory_efficient import set_memory_efficient
+from .layers.fast_layers import set_fast_layers
 from .layers.nchw_output import to_nchw
 
 __all__ = [
@@ -43,7 +43,7 @@ class PyramidOptions(TypedDict, total=False):
     frozen_stages: int
     with_cp: bool
     out_norm: bool
-    memory_efficient: bool
+    fast_layers: bool
 
 
 class PyramidModel(nn.Module):
@@ -60,14 +60,14 @@ class PyramidModel(nn.Module):
         frozen_stages: int = -1,
         with_cp: bool = False,
         out_norm: bool = True,
-        memory_efficient: bool = True,
+        fast_layers: bool = True,
     ) -> None:
         """Classifier when `out_indices` is None (`num_classes` logits), else a backbone returning the
         maps of those stages, each through its own LayerNorm unless `out_norm` is False. Stem and the
         first `frozen_stages` stages are frozen and kept in eval mode; `with_cp` checkpoints every
-        block's activations in training. `memory_efficient` (the default) trains with the layers of
-        `layers/memory_efficient.py` (same maths, custom autograd functions that store less);
-        `set_memory_efficient(False)` goes back to plain autograd."""
+        block's activations in training. `fast_layers` (the default) runs the layers of
+        `layers/fast_layers.py` (same maths: custom autograd functions that store less in training,
+        fused CPU kernels in inference); `set_fast_layers(False)` goes back to the plain forms."""
         super().__init__()
         self.is_classifier = out_indices is None
         self.num_classes = num_classes
@@ -75,7 +75,7 @@ class PyramidModel(nn.Module):
         self.frozen_stages = frozen_stages
         self.grad_checkpointing = with_cp
         self.out_norm = out_norm
-        self.memory_efficient = memory_efficient
+        self.fast_layers = fast_layers
 
     def _finish_init(self, *, norm_eps: float) -> None:
         """After the family built its layers: weights initialised, then the head or the output norms,
@@ -98,7 +98,7 @@ class PyramidModel(nn.Module):
                 }
             )
         self._freeze_stages()
-        self.set_memory_efficient(self.memory_efficient)
+        self.set_fast_layers(self.fast_layers)
 
     # ----- what a family provides -----
     def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
@@ -124,10 +124,10 @@ class PyramidModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def set_memory_efficient(self, enable: bool = True) -> None:
-        """The one switch between the memory-efficient training layers and plain autograd."""
-        set_memory_efficient(self, enable)
-        self.memory_efficient = enable
+    def set_fast_layers(self, enable: bool = True) -> None:
+        """The one switch between the fast layers (training and inference) and the plain forms."""
+        set_fast_layers(self, enable)
+        self.fast_layers = enable
 
     def _apply_out_norm(self, index: int, feature: Tensor) -> Tensor:
         """(B, C, H, W) map, usually channels-last in memory -> its output norm, contiguous NCHW."""

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .focusing import focused_kernel_parts
-from .fused_linear import project_output, split_linear
+from .focusing import focused_kernel
 from .position_encoding import PositionTableResizer, position_encoding_kind, sinusoidal_position_table
 
 __all__ = ["FocusedLinearAttention", "linear_attention_heads"]
@@ -101,10 +100,12 @@ class FocusedLinearAttention(nn.Module):
             return None
         return self._resize_position(self.positional_encoding, grid)
 
-    def project_qkv(self, x: Tensor, *, key_offset: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, N, C) -> q, k, v each (B, N, C); `key_offset` (B, N, C), if given, is added to k."""
-        layers = [self.qkv] if self.fused_qkv else [self.q, self.kv]
-        q, k, v = split_linear(x, layers, self.dim, residuals=[None, key_offset, None])
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, N, C) -> q, k, v each (B, N, C)."""
+        if self.fused_qkv:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        else:
+            q, (k, v) = self.q(x), self.kv(x).chunk(2, dim=-1)
         return q, k, v
 
     def forward(
@@ -113,70 +114,41 @@ class FocusedLinearAttention(nn.Module):
         """x: (B, N, C) tokens of a grid (H, W) with N = H * W, row-major.
 
         valid: optional (B, N) bool, False for padding tokens; they give nothing to k^T v, to the
-        normaliser mean or to the depthwise conv. residual: (B, N, C) added to the output (fused
-        into the output projection in inference).
-
-        Written for few passes over N x C memory: the focusing factors ||t|| / ||t**p|| of q and k
-        are per-token scalars, so q's is applied to the (B, h, N, 1) normaliser instead of q, and the
-        normaliser comes out of the same batched matmul as q @ kv (kv gets mean(k) as an extra
-        column). The depthwise conv runs once over all heads in channels-last layout, and its
-        output is the buffer the attention result is added into.
+        normaliser mean or to the depthwise conv. residual: (B, N, C) added to the output.
+        The plain form of the maths; `fast_layers.FastFocusedLinearAttention` computes the same
+        with fewer passes over memory (inference) or less stored for backward (training).
         """
         batch, tokens, channels = x.shape
-        heads, head_dim = self.num_heads, self.head_dim
+        q, k, v = self.project_qkv(x)  # B N C each
         position = self.key_position(grid)  # 1 N C, or None
-        # k = x W_k + b_k + P: on the oneDNN path (CPU fp32 inference) P rides in the GEMM's epilogue.
-        q, k, v = self.project_qkv(x, key_offset=position)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        if position is not None:
+            k = k + position
+        with torch.autocast(device_type=x.device.type, enabled=False):  # kernel maths in float32
             dtype = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 if given
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             scale = self.scale.to(dtype)
-            # q and k are this call's own projections: their buffers become the kernels' (inference).
-            q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor, consume=True)  # B N C, B N 1
-            k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, consume=True)
-            num_valid: Tensor | int = tokens  # an int (symbolic under torch.export: no float() of it)
+            q = focused_kernel(q.to(dtype), scale, self.focusing_factor)  # phi(q): B N C
+            k = focused_kernel(k.to(dtype), scale, self.focusing_factor)  # phi(k)
+            v = v.to(dtype)
+            num_valid: Tensor | int = tokens
             if valid is not None:
                 keep = valid.reshape(batch, tokens, 1).to(dtype)
-                k_ratio, v = k_ratio * keep, v * keep
+                k, v = k * keep, v * keep
                 num_valid = keep.sum(dim=1).clamp(min=1.0).reshape(batch, 1, 1, 1)
-            k_phi = k_pow.mul_(k_ratio) if not torch.is_grad_enabled() else k_pow * k_ratio  # phi(k)
-            k_heads = k_phi.view(batch, tokens, heads, head_dim).transpose(1, 2)  # B h N d (views)
-            v_heads = v.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-            kv = torch.cat([k_heads.transpose(-2, -1) @ v_heads, k_heads.sum(dim=2).unsqueeze(-1)], dim=-1)
-            kv = kv / num_valid  # B h d (d + 1): [phi(k)^T v | sum phi(k)] / n
-            del k, k_pow, k_phi, k_heads, v_heads  # the N x C key buffer is free from here (peak memory)
-            q_heads = q_pow.view(batch, tokens, heads, head_dim).transpose(1, 2)
-            out = q_heads @ kv  # B h N (d + 1): q**p @ kv, and q**p . mean(phi(k)) in the last column
-            del q, q_pow, q_heads  # and the query buffer
-            # phi(q) = q**p * r: out = r (q**p kv) / (r (q**p . mean k) + eps)
-            factor = q_ratio.unsqueeze(1) / (q_ratio.unsqueeze(1) * out[..., head_dim:] + NORMALISER_EPS)
-            attended = out[..., :head_dim].transpose(1, 2)  # B N h d (a view)
-            factor = factor.transpose(1, 2)  # B N h 1
+            heads = [t.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v)]
+            out = linear_attention_heads(*heads, num_valid)  # B h N d
             if self.dwc is not None:
-                local = self._depthwise_conv(v, grid, dtype).view(batch, tokens, heads, head_dim)
-                del v  # and the values
-                out = (
-                    local.addcmul_(attended, factor)
-                    if not torch.is_grad_enabled()
-                    else torch.addcmul(local, attended, factor)
-                )
-            else:
-                out = attended * factor
-            out = out.reshape(batch, tokens, channels)
-        return project_output(self.proj, self.proj_drop, out.to(x.dtype), residual)
+                out = out + self.head_depthwise_conv(heads[2], grid)  # rank restoration: + DWC(v)
+            out = out.transpose(1, 2).reshape(batch, tokens, channels)
+        out = self.proj_drop(self.proj(out.to(x.dtype)))
+        return out if residual is None else out + residual
 
-    def _depthwise_conv(self, v: Tensor, grid: tuple[int, int], dtype: torch.dtype) -> Tensor:
-        """DWC of every head's v with the shared d-channel kernel, as one C-channel conv. -> (B, N, C).
+    def head_depthwise_conv(self, v: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The DWC of every head's values with the shared d-channel kernel (the released form).
 
-        v is laid out (B, H, W, C), i.e. NCHW in channels-last memory; the output keeps that
-        layout, so it reads back as (B, N, C) without a copy.
+        v: (B, h, N, d) -> (B, h, N, d), in v's dtype (float32 maths under a half-precision model).
         """
-        batch, tokens, channels = v.shape
-        height, width = grid
-        weight, bias = self.dwc.weight.to(dtype), self.dwc.bias.to(dtype)
-        if self.num_heads > 1:
-            weight, bias = weight.repeat(self.num_heads, 1, 1, 1), bias.repeat(self.num_heads)
-        v_grid = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-        v_grid = v_grid.contiguous(memory_format=torch.channels_last)
-        local = F.conv2d(v_grid, weight, bias, padding=self.dwc.padding, groups=channels)
-        return local.permute(0, 2, 3, 1).reshape(batch, tokens, channels)
+        batch, heads, tokens, head_dim = v.shape
+        v_maps = v.reshape(batch * heads, grid[0], grid[1], head_dim).permute(0, 3, 1, 2)  # B*h d H W
+        weight, bias = self.dwc.weight.to(v.dtype), self.dwc.bias.to(v.dtype)
+        local = F.conv2d(v_maps, weight, bias, padding=self.dwc.padding, groups=head_dim)
+        return local.permute(0, 2, 3, 1).reshape(batch, heads, tokens, head_dim)

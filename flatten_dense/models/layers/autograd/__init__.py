@@ -5,14 +5,18 @@ elementwise work; each file states the plain equations it computes, and tests/te
 check its gradients against plain autograd of those equations in float64.
 """
 
+from .depthwise_conv import depthwise_conv_of_view
 from .focused_kernel import FocusedKernel, focused_kernel_recomputed
+from .layer_norm_linear import layer_norm_linear
 from .linear_attention import focused_linear_attention, linear_attention
 from .mlp import gelu_linear
 
 __all__ = [
     "FocusedKernel",
+    "depthwise_conv_of_view",
     "focused_kernel_recomputed",
     "focused_linear_attention",
     "gelu_linear",
+    "layer_norm_linear",
     "linear_attention",
 ]

@@ -1,0 +1,294 @@
+"""The fast paths: the same layers computing the same maths, written for speed and memory.
+
+Each `FastX(X)` keeps its parent's parameters and state-dict keys and overrides `forward` only:
+- while autograd records (training), it runs custom autograd functions (`layers/autograd/`) that
+  store the projections instead of every intermediate and recompute the elementwise work in
+  backward (the memory-efficient training path);
+- without autograd on CPU float32 (inference), it runs oneDNN linears with their bias, GELU or
+  residual fused in (`fused_linear.py`) and does the elementwise work in place;
+- under torch.compile / torch.export it is exactly its parent (the compiler fuses by itself, and
+  an exported program holds the plain aten ops).
+
+One switch chooses the path for a whole model: `set_fast_layers(model, True/False)` swaps the class
+of every such layer in place (what `PyramidModel(fast_layers=...)` calls); the families register
+their fast blocks in `FAST_LAYERS`. Tests pin each class to its parent (outputs and gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .autograd import depthwise_conv_of_view, focused_linear_attention, gelu_linear, layer_norm_linear
+from .focused_linear_attention import NORMALISER_EPS, FocusedLinearAttention
+from .focusing import focused_kernel_parts
+from .fused_linear import fused_linear, in_inference, project_output, split_linear
+from .mlp import DepthwiseConvMlp, Mlp
+
+__all__ = [
+    "FAST_LAYERS",
+    "INFERENCE_CHUNK_TOKENS",
+    "FastDepthwiseConvMlp",
+    "FastFocusedLinearAttention",
+    "FastMlp",
+    "set_fast_layers",
+    "uses_fast_path",
+]
+
+INFERENCE_CHUNK_TOKENS = 4096  # tokens per MLP chunk in inference (row-wise maths: same numbers)
+
+
+def uses_fast_path() -> bool:
+    """False under torch.compile / torch.export, where every fast layer is its plain parent."""
+    return not torch.compiler.is_compiling()
+
+
+def _records() -> bool:
+    """Autograd is recording (training, or a gradient taken in eval)."""
+    return torch.is_grad_enabled()
+
+
+def _dropout_off(drop: nn.Dropout) -> bool:
+    return not drop.training or drop.p == 0
+
+
+def _fuses_norm(mlp: Mlp | DepthwiseConvMlp, norm: nn.Module) -> bool:
+    """Training on the fast path with a LayerNorm in front: norm and fc1 become one function."""
+    return uses_fast_path() and _records() and _dropout_off(mlp.drop) and type(norm) is nn.LayerNorm
+
+
+class FastFocusedLinearAttention(FocusedLinearAttention):
+    """Focused linear attention: one autograd function storing q, k, v in training; few passes over
+    memory in inference."""
+
+    def forward(
+        self, x: Tensor, grid: tuple[int, int], valid: Tensor | None = None, *, residual: Tensor | None = None
+    ) -> Tensor:
+        if not uses_fast_path():
+            return super().forward(x, grid, valid, residual=residual)
+        if _records():
+            return self._training_forward(x, grid, valid, residual)
+        return self._inference_forward(x, grid, valid, residual)
+
+    def _fast_project_qkv(self, x: Tensor, key_offset: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k + key_offset, v (B, N, C): on the oneDNN path one GEMM per piece, the offset in its epilogue."""
+        layers = [self.qkv] if self.fused_qkv else [self.q, self.kv]
+        q, k, v = split_linear(x, layers, self.dim, residuals=[None, key_offset, None])
+        return q, k, v
+
+    def normed_forward(
+        self,
+        x: Tensor,
+        norm: nn.Module,
+        grid: tuple[int, int],
+        valid: Tensor | None = None,
+        *,
+        residual: Tensor | None = None,
+    ) -> Tensor:
+        """self(norm(x)); in training the LayerNorm is fused into the projections (x stored, not norm(x))."""
+        if not (uses_fast_path() and _records() and type(norm) is nn.LayerNorm):
+            return self(norm(x), grid, valid, residual=residual)
+        return self._training_forward(x, grid, valid, residual, norm=norm)
+
+    def _projection_views(
+        self, x: Tensor, norm: nn.LayerNorm | None, key_offset: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k + key_offset, v (B, N, C) as slices of the GEMM outputs, the offset added inside them."""
+        channels = self.dim
+        key_start = channels if self.fused_qkv else 0
+
+        def project(linear: nn.Linear, offset: Tensor | None = None) -> Tensor:
+            if norm is not None:
+                return layer_norm_linear(x, norm, linear, offset=offset, offset_start=key_start)
+            out = linear(x)
+            if offset is not None:  # slices of a GEMM output may be written in place (chunk's may not)
+                out[..., key_start : key_start + channels] += offset
+            return out
+
+        if self.fused_qkv:
+            qkv = project(self.qkv, key_offset)
+            return qkv[..., :channels], qkv[..., channels : 2 * channels], qkv[..., 2 * channels :]
+        kv = project(self.kv, key_offset)
+        return project(self.q), kv[..., :channels], kv[..., channels:]
+
+    def _training_forward(
+        self,
+        x: Tensor,
+        grid: tuple[int, int],
+        valid: Tensor | None,
+        residual: Tensor | None,
+        *,
+        norm: nn.LayerNorm | None = None,
+    ) -> Tensor:
+        """A block stores x (or its norm's input), the projections and the output projection's input.
+
+        q, k, v stay views into their GEMM outputs, which the attention function stores: the key
+        table is added into k's columns of that output, and the DWC stores the v view, not a copy.
+        """
+        batch, tokens, _ = x.shape
+        q, k, v = self._projection_views(x, norm, self.key_position(grid))  # k + P: no N x C tensor more
+        with torch.autocast(device_type=x.device.type, enabled=False):  # kernel maths in float32 (fp16 overflow)
+            dtype = torch.promote_types(q.dtype, torch.float32)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            keep = num_valid = None
+            if valid is not None:
+                keep = valid.reshape(batch, tokens, 1).to(dtype)
+                num_valid = keep.sum(dim=1).clamp(min=1.0).reshape(batch, 1, 1, 1)
+            out = focused_linear_attention(
+                q, k, v, self.scale.to(dtype), self.num_heads, self.focusing_factor, keep, num_valid
+            )
+            if self.dwc is not None:
+                v_kept = v if keep is None else v * keep
+                out = out + self._depthwise_conv(v_kept, grid, dtype, conv=depthwise_conv_of_view)
+        return project_output(self.proj, self.proj_drop, out.to(x.dtype), residual)
+
+    def _inference_forward(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None, residual: Tensor | None):
+        """Few passes over N x C memory, everything in place on this call's own buffers.
+
+        The focusing factors ||t|| / ||t**p|| of q and k are per-token scalars, so q's is applied to
+        the (B, h, N, 1) normaliser instead of q, and the normaliser comes out of the same batched
+        matmul as q @ kv (kv gets mean(k) as an extra column). The depthwise conv runs once over
+        all heads in channels-last layout, and its output is the buffer the attention result is
+        added into.
+        """
+        batch, tokens, channels = x.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        # k = x W_k + b_k + P: on the oneDNN path (CPU fp32 inference) P rides in the GEMM's epilogue.
+        q, k, v = self._fast_project_qkv(x, self.key_position(grid))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            dtype = torch.promote_types(q.dtype, torch.float32)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            scale = self.scale.to(dtype)
+            q_pow, q_ratio = focused_kernel_parts(q, scale, self.focusing_factor, consume=True)  # B N C, B N 1
+            k_pow, k_ratio = focused_kernel_parts(k, scale, self.focusing_factor, consume=True)
+            num_valid: Tensor | int = tokens
+            if valid is not None:
+                keep = valid.reshape(batch, tokens, 1).to(dtype)
+                k_ratio, v = k_ratio * keep, v * keep
+                num_valid = keep.sum(dim=1).clamp(min=1.0).reshape(batch, 1, 1, 1)
+            k_heads = k_pow.mul_(k_ratio).view(batch, tokens, heads, head_dim).transpose(1, 2)  # phi(k): B h N d
+            v_heads = v.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+            kv = torch.cat([k_heads.transpose(-2, -1) @ v_heads, k_heads.sum(dim=2).unsqueeze(-1)], dim=-1)
+            kv = kv / num_valid  # B h d (d + 1): [phi(k)^T v | sum phi(k)] / n
+            del k, k_pow, k_heads, v_heads  # the N x C key buffer is free from here (peak memory)
+            q_heads = q_pow.view(batch, tokens, heads, head_dim).transpose(1, 2)
+            out = q_heads @ kv  # B h N (d + 1): q**p @ kv, and q**p . mean(phi(k)) in the last column
+            del q, q_pow, q_heads  # and the query buffer
+            # phi(q) = q**p * r: out = r (q**p kv) / (r (q**p . mean k) + eps)
+            factor = q_ratio.unsqueeze(1) / (q_ratio.unsqueeze(1) * out[..., head_dim:] + NORMALISER_EPS)
+            attended = out[..., :head_dim].transpose(1, 2)  # B N h d (a view)
+            factor = factor.transpose(1, 2)  # B N h 1
+            if self.dwc is not None:
+                local = self._depthwise_conv(v, grid, dtype).view(batch, tokens, heads, head_dim)
+                del v  # and the values
+                out = local.addcmul_(attended, factor)
+            else:
+                out = attended * factor
+            out = out.reshape(batch, tokens, channels)
+        return project_output(self.proj, self.proj_drop, out.to(x.dtype), residual)
+
+    def _depthwise_conv(
+        self, v: Tensor, grid: tuple[int, int], dtype: torch.dtype, *, conv: Callable[..., Tensor] | None = None
+    ) -> Tensor:
+        """DWC of every head's v with the shared d-channel kernel, as one C-channel conv. -> (B, N, C).
+
+        v is laid out (B, H, W, C), i.e. NCHW in channels-last memory; the output keeps that
+        layout, so it reads back as (B, N, C) without a copy. `conv(v_grid, weight, bias, padding)`
+        replaces the dense copy + conv (training: `depthwise_conv_of_view` stores the view).
+        """
+        batch, tokens, channels = v.shape
+        height, width = grid
+        weight, bias = self.dwc.weight.to(dtype), self.dwc.bias.to(dtype)
+        if self.num_heads > 1:
+            weight, bias = weight.repeat(self.num_heads, 1, 1, 1), bias.repeat(self.num_heads)
+        v_grid = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # B C H W (strides of v)
+        if conv is not None:
+            local = conv(v_grid, weight, bias, self.dwc.padding)
+        else:
+            v_grid = v_grid.contiguous(memory_format=torch.channels_last)
+            local = F.conv2d(v_grid, weight, bias, padding=self.dwc.padding, groups=channels)
+        return local.permute(0, 2, 3, 1).reshape(batch, tokens, channels)
+
+
+class FastMlp(Mlp):
+    """fc1 -> GELU -> fc2: the GELU output recomputed in backward (training); fused GEMM epilogues
+    and token chunks (inference, `residual_inference`)."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        if not (uses_fast_path() and _records() and _dropout_off(self.drop)):
+            return super().forward(x, grid)
+        return self.drop(gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias))  # drop: off here (identity)
+
+    def normed_forward(self, x: Tensor, norm: nn.Module, grid: tuple[int, int] | None = None) -> Tensor:
+        """mlp(norm(x)); in training the LayerNorm is fused into fc1, which stores x, not norm(x)."""
+        if not (_fuses_norm(self, norm)):
+            return self(norm(x), grid)
+        return self.drop(gelu_linear(layer_norm_linear(x, norm, self.fc1), self.fc2.weight, self.fc2.bias))
+
+    def residual_inference(self, x: Tensor, norm: nn.Module, grid: tuple[int, int] | None = None) -> Tensor:
+        """x + mlp(norm(x)) without autograd, in token chunks. x: (B, N, C) -> (B, N, C).
+
+        Each chunk goes norm -> fc1 + GELU -> fc2 + residual while it is in cache, so neither the
+        normalised tokens nor the hidden activation (up to 8 x C wide: 128 MiB for PVT-T's first
+        stage at 1024 x 1024) is ever a full N x C buffer. Row-wise maths: the same numbers.
+        """
+        if not in_inference(self):
+            raise RuntimeError("residual_inference is for eval mode without autograd")
+        chunks = [
+            fused_linear(
+                fused_linear(norm(chunk), self.fc1.weight, self.fc1.bias, gelu=True),
+                self.fc2.weight,
+                self.fc2.bias,
+                residual=chunk,
+            )
+            for chunk in x.split(INFERENCE_CHUNK_TOKENS, dim=1)
+        ]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+
+
+class FastDepthwiseConvMlp(DepthwiseConvMlp):
+    """fc1 -> depthwise conv -> GELU -> fc2: GELU recomputed in backward; fused epilogues in inference."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if not (uses_fast_path() and _records() and _dropout_off(self.drop)):
+            return super().forward(x, grid)
+        return self.drop(gelu_linear(self.dwconv(self.fc1(x), grid), self.fc2.weight, self.fc2.bias))  # identity
+
+    def normed_forward(self, x: Tensor, norm: nn.Module, grid: tuple[int, int]) -> Tensor:
+        """mlp(norm(x)); in training the LayerNorm is fused into fc1, which stores x, not norm(x)."""
+        if not (_fuses_norm(self, norm)):
+            return self(norm(x), grid)
+        hidden = self.dwconv(layer_norm_linear(x, norm, self.fc1), grid)
+        return self.drop(gelu_linear(hidden, self.fc2.weight, self.fc2.bias))
+
+    def residual_inference(self, x: Tensor, norm: nn.Module, grid: tuple[int, int]) -> Tensor:
+        """x + mlp(norm(x)) without autograd, the residual add fused into fc2. (B, N, C) -> same."""
+        if not in_inference(self):
+            raise RuntimeError("residual_inference is for eval mode without autograd")
+        hidden = fused_linear(norm(x), self.fc1.weight, self.fc1.bias)
+        hidden = torch.ops.aten.gelu_(self.dwconv(hidden, grid))
+        return fused_linear(hidden, self.fc2.weight, self.fc2.bias, residual=x)
+
+
+FAST_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
+    FocusedLinearAttention: FastFocusedLinearAttention,
+    Mlp: FastMlp,
+    DepthwiseConvMlp: FastDepthwiseConvMlp,
+}
+
+
+def set_fast_layers(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Swap every plain layer of `model` for its fast subclass (or back); returns `model`.
+
+    Only the class changes: parameters, buffers and state-dict keys stay as they are.
+    """
+    plain = {fast: base for base, fast in FAST_LAYERS.items()}
+    for module in model.modules():
+        if enable and type(module) in FAST_LAYERS:
+            module.__class__ = FAST_LAYERS[type(module)]
+        elif not enable and type(module) in plain:
+            module.__class__ = plain[type(module)]
+    return model

@@ -1,0 +1,37 @@
+"""The depthwise conv that stores its strided input view, against plain autograd of F.conv2d."""
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from flatten_dense.models.layers.autograd import depthwise_conv_of_view
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 4, 5, 12, generator=generator, dtype=torch.float64, requires_grad=True)  # B H W 3C
+    x = tokens[..., 8:].permute(0, 3, 1, 2)  # B C H W: the v slice of a qkv output, strided
+    weight = torch.randn(4, 1, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True)
+    return tokens, x, weight, bias
+
+
+def test_gradcheck():
+    _, x, weight, bias = _inputs()
+    assert gradcheck(lambda x, w, b: depthwise_conv_of_view(x, w, b, (1, 1)), (x, weight, bias))
+
+
+def test_equals_conv2d_and_stores_the_view_not_a_copy():
+    tokens, x, weight, bias = _inputs()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = depthwise_conv_of_view(x, weight, bias, (1, 1))
+    assert {t.untyped_storage().data_ptr() for t in saved if t.numel() > weight.numel()} == {
+        tokens.untyped_storage().data_ptr()
+    }
+    ref = F.conv2d(x, weight, bias, padding=1, groups=4)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    inputs = (tokens, weight, bias)
+    for a, b in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, inputs, grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
