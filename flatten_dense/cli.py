@@ -44,6 +44,13 @@ def _test_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--aug-test", action="store_true", help="the override evaluation.aug_test=true (multi-scale + flip)"
     )
+    parser.add_argument(
+        "--format-only",
+        action="store_true",
+        help="no metrics, no ground truth read: write the test split's predictions into --out-dir in the "
+        "test server's format (ADE20K label PNGs; COCO results.bbox.json / results.segm.json)",
+    )
+    parser.add_argument("--out-dir", help="the folder --format-only writes into")
     return parser
 
 
@@ -171,7 +178,13 @@ def _test(args: argparse.Namespace) -> object:
     from flatten_dense.commands.test import test
 
     return test(
-        args.config, args.checkpoint, args.overrides, results_prefix=args.results_prefix, aug_test=args.aug_test
+        args.config,
+        args.checkpoint,
+        args.overrides,
+        results_prefix=args.results_prefix,
+        aug_test=args.aug_test,
+        format_only=args.format_only,
+        out_dir=args.out_dir,
     )
 
 

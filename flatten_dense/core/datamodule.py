@@ -3,6 +3,9 @@
 Samplers come from `flatten_dense.core.samplers` and shard by rank themselves (evaluation never
 pads, so each image counts once), so the Trainer runs with `use_distributed_sampler=False`.
 Evaluation batches are lists (images differ in size); a task chooses how training batches collate.
+A format-only run (`flatten-dense test --format-only`) sets `ground_truth = False` before any split
+is read: its datasets then need images only (test-server splits have no labels), and
+`predict_dataloader` serves the test split's images for `Trainer.predict`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from flatten_dense.core.skipped_samples import ReportSkipped, ResumableSkipRepor
 __all__ = ["DenseDataModule", "Split"]
 
 Split = Literal["train", "val", "test"]
-STAGE_SPLITS: dict[str, tuple[Split, ...]] = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+}
 
 
 class DenseDataModule(L.LightningDataModule):
@@ -56,6 +64,8 @@ class DenseDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        # False: splits are read without labels or annotations (set before the first split is built)
+        self.ground_truth = True
         self._datasets: dict[Split, Dataset] = {}
 
     def build_dataset(self, split: Split) -> Dataset:
@@ -135,4 +145,8 @@ class DenseDataModule(L.LightningDataModule):
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split as evaluation batches, for predictions written without metrics (format-only)."""
         return self._eval_loader("test")

@@ -20,7 +20,7 @@ __all__ = ["SpawnedTestResults"]
 
 
 class SpawnedTestResults(L.Callback):
-    """On test end, rank 0 writes the task's `test_summary` and the `written` files of `writers`."""
+    """On test (or predict) end, rank 0 writes the task's `test_summary` and the `written` files of `writers`."""
 
     def __init__(self, path: Path, writers: Sequence[Any] = ()) -> None:
         self.path = Path(path)
@@ -37,6 +37,8 @@ class SpawnedTestResults(L.Callback):
         temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         temporary.write_text(json.dumps(payload, default=float))
         os.replace(temporary, self.path)
+
+    on_predict_end = on_test_end  # a format-only run: no summary, the writers' files
 
     def read(self) -> dict[str, Any]:
         """What rank 0 left ({} when nothing was written); the file is removed after reading."""

@@ -74,6 +74,8 @@ class TaskSpec:
     data_from_model: data keys the run derives from the model section (so the two cannot disagree).
     module_kwargs: keyword arguments of `module` taken from the datamodule (class names, ids, ...).
     results_writer: a callback class that writes the test run's predictions as files under a prefix.
+    format_writer: a callback that writes a predict run's predictions (no ground truth needed) into a
+    folder in the benchmark's submission format (`flatten-dense test --format-only --out-dir DIR`).
     draw: (module in eval mode, float image 3 x H x W in [0, 1], score threshold) -> uint8 drawing.
     monitor / mode: the validation metric that chooses `best.ckpt`.
     demo_*: the built-in demo: config (relative to configs/), data maker, validation-image glob,
@@ -93,6 +95,7 @@ class TaskSpec:
     demo_target: float
     mode: Literal["min", "max"] = "max"
     results_writer: Callable[[Path], L.Callback] | None = None
+    format_writer: Callable[[Path], L.Callback] | None = None
     sections: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     data_from_model: Callable[[Mapping[str, Any]], dict[str, Any]] = field(default=lambda model: {})
     module_kwargs: Callable[[L.LightningDataModule], dict[str, Any]] = field(default=lambda datamodule: {})

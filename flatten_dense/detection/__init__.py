@@ -5,7 +5,7 @@ from flatten_dense.core.task import TaskSpec
 from flatten_dense.detection.builders import DETECTORS, build_detector, detector_options, list_detectors
 from flatten_dense.detection.datamodule import CocoDataModule
 from flatten_dense.detection.model_config import data_from_detector, detector_model_keys, detector_problems
-from flatten_dense.detection.results import CocoResultsWriter
+from flatten_dense.detection.results import CocoResultsWriter, submission_writer
 from flatten_dense.detection.synthetic import make_synthetic_coco
 from flatten_dense.detection.task import DetectionTask
 from flatten_dense.detection.visualize import draw_detection_prediction
@@ -31,5 +31,6 @@ SPEC = TaskSpec(
     demo_target=0.30,
     data_from_model=data_from_detector,
     results_writer=CocoResultsWriter,
+    format_writer=submission_writer,
     module_kwargs=_module_kwargs,
 )

@@ -44,8 +44,11 @@ def image_dir(root: str | Path, split: str) -> Path:
     return Path(root) / f"{split}2017"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """Parse a COCO annotation file; a missing file or bad JSON is one clear error naming it."""
+COCO_LISTS = ("images", "annotations", "categories")
+
+
+def _read_json(path: Path, lists: tuple[str, ...] = COCO_LISTS) -> dict[str, Any]:
+    """Parse a COCO annotation file holding `lists`; a missing file or bad JSON is one clear error naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
@@ -55,9 +58,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"malformed COCO annotation file {path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"malformed COCO annotation file {path}: top level is not a JSON object")
-    for key in ("images", "annotations", "categories"):
+    for key in lists:
         if not isinstance(data.get(key), list):
-            raise ValueError(f"malformed COCO annotation file {path}: missing list '{key}'")
+            # an image-info file (COCO test-dev's) has no annotations: it serves predictions only
+            hint = " (an image-info file: `test --format-only` predicts it)" if key == "annotations" else ""
+            raise ValueError(f"malformed COCO annotation file {path}: missing list '{key}'{hint}")
     return data
 
 
@@ -156,7 +161,8 @@ class CocoDetection(Dataset):
     0 is background), masks (Mask uint8 N x H x W, only when `with_masks`), iscrowd (int64 N),
     area (float32 N, the annotation's `area`), image_id (int, the file's id).
     Crowd annotations are kept (training filters them, evaluation needs them); images without
-    annotations are kept too.
+    annotations are kept too. `ground_truth=False` (format-only runs) reads the file's images and
+    categories alone, so an image-info file without annotations (COCO test-dev's) serves as well.
     """
 
     def __init__(
@@ -166,6 +172,7 @@ class CocoDetection(Dataset):
         *,
         transforms: Transforms | None = None,
         with_masks: bool = True,
+        ground_truth: bool = True,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -175,8 +182,11 @@ class CocoDetection(Dataset):
         self.image_dir = image_dir(root, split)
         self.transforms = transforms
         self.with_masks = with_masks
+        self.ground_truth = ground_truth
 
-        data = _read_json(self.annotation_file)
+        data = _read_json(self.annotation_file, lists=COCO_LISTS if ground_truth else ("images", "categories"))
+        if not ground_truth:
+            data = {**data, "annotations": []}  # predictions need none; test-dev's file holds none
         _check_entries(data, self.annotation_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"COCO image directory not found: {self.image_dir}")

@@ -3,7 +3,8 @@
 Per image: the file exists, opens (header) in a mode we can read, and has the size the JSON
 says. Per annotation: its category exists; with masks, polygons have >= 6 numbers and an even
 count, and RLEs have the image's size and decode to it. A training split without annotations
-(background only) and an evaluation split without ground truth are refused whole.
+(background only) and an evaluation split without ground truth are refused whole, unless the
+dataset is read without ground truth (`CocoDetection(ground_truth=False)`, format-only runs).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def check_coco(dataset: CocoDetection, *, split: str, threads: int | None = None
             report.refusal = (
                 f"{dataset.annotation_file} has no (non-crowd) annotations: training would learn background only"
             )
-        elif split != "train" and not annotations:
+        elif split != "train" and not annotations and dataset.ground_truth:
             report.refusal = (
                 f"{dataset.annotation_file} has no annotations: the {split} split has no ground truth to evaluate "
                 "(COCO mAP would be -1)"

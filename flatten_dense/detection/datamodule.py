@@ -78,7 +78,11 @@ class CocoDataModule(DenseDataModule):
             else:
                 transforms = self.train_transforms if split == "train" else self.eval_transforms
                 self._raw[split] = CocoDetection(
-                    self.root, self.splits[split], transforms=transforms, with_masks=self.with_masks
+                    self.root,
+                    self.splits[split],
+                    transforms=transforms,
+                    with_masks=self.with_masks,
+                    ground_truth=self.ground_truth,
                 )
         return self._raw[split]
 

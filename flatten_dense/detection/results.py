@@ -3,7 +3,9 @@
 `CocoResultsWriter` is a Lightning callback: it collects `DetectionTask.test_step`'s detections,
 gathers them from every rank and writes `PREFIX.bbox.json` (and `PREFIX.segm.json` for mask
 detectors) with the dataset's own category ids at full float precision, so COCOeval on the files
-gives the same numbers as the printed table.
+gives the same numbers as the printed table. It writes a predict run's detections the same way:
+`submission_writer(DIR)` is the format-only run's (`flatten-dense test --format-only --out-dir DIR`),
+DIR/results.bbox.json and DIR/results.segm.json, ready for the COCO test server.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from flatten_dense.detection.metrics import MASK_THRESHOLD
 
-__all__ = ["CocoResultsWriter", "coco_results", "results_paths"]
+__all__ = ["CocoResultsWriter", "coco_results", "results_paths", "submission_writer"]
 
 
 def coco_results(
@@ -96,3 +98,13 @@ class CocoResultsWriter(L.Callback):
             path.write_text(json.dumps(results[iou_type]))
             self.written[iou_type] = path
             print(f"{len(results[iou_type])} COCO-format {iou_type} results written to {path}")
+
+    # a predict run (format-only: no ground truth, no metric) hands over the same detections
+    on_predict_epoch_start = on_test_epoch_start
+    on_predict_batch_end = on_test_batch_end
+    on_predict_epoch_end = on_test_epoch_end
+
+
+def submission_writer(out_dir: str | Path) -> CocoResultsWriter:
+    """The format-only run's writer: OUT_DIR/results.bbox.json (and results.segm.json for masks)."""
+    return CocoResultsWriter(Path(out_dir) / "results")

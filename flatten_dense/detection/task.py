@@ -4,7 +4,8 @@ Training: the detector's summed losses, each component logged. Validation/test: 
 torchmetrics (update per step, compute once per epoch, synced across ranks; evaluation samplers
 never pad, so every image counts once). Crowd regions are left out of the training targets and
 kept for evaluation, where COCO ignores detections that match them. `test_step` returns the
-detections, so callbacks (e.g. `CocoResultsWriter`) can export them.
+detections, so callbacks (e.g. `CocoResultsWriter`) can export them; `predict_step` returns them
+without any metric (format-only runs, on data without ground truth).
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class DetectionTask(DenseTask):
 
     def test_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> list[dict[str, Tensor]]:
         return self._evaluate(batch, self.test_metric)
+
+    def predict_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> list[dict[str, Tensor]]:
+        """The detections of a batch, with no metric: format-only runs need no ground truth."""
+        return self.model(batch[0])
 
     def on_test_epoch_end(self) -> None:
         results, images = compute_coco_metric(self.test_metric)

@@ -11,6 +11,7 @@ from flatten_dense.segmentation.inference import (
 )
 from flatten_dense.segmentation.metrics import SegmentationMetrics
 from flatten_dense.segmentation.model_config import segmentor_model_keys, segmentor_problems
+from flatten_dense.segmentation.results import LabelPngWriter
 from flatten_dense.segmentation.segmentor import EncoderDecoder, build_segmentor
 from flatten_dense.segmentation.synthetic import make_synthetic_ade20k
 from flatten_dense.segmentation.task import SegmentationTask
@@ -45,5 +46,6 @@ SPEC = TaskSpec(
     demo_metric="test/mIoU",
     demo_target=0.50,
     sections={"evaluation": EvaluationSettings},
+    format_writer=LabelPngWriter,
     module_kwargs=_module_kwargs,
 )

@@ -3,6 +3,7 @@
 Layout under `root`: `images/{split}/*.jpg|png` and `annotations/{split}/*.png`, matched by
 file stem. Labels are index PNGs (palette "P" or grayscale "L"); 0 means "other" and is ignored
 when `reduce_zero_label` is on (mmseg's convention for ADE20K), which also shifts 1..150 to 0..149.
+With `labels=False` (a test-server split, e.g. ADE20K's release_test) only the images are read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -65,6 +67,7 @@ class ADE20KDataset(Dataset):
 
     `transforms(image, target) -> (image, target)` is applied last (torchvision v2 style).
     `num_classes` (default: the class names' count) bounds the label values (255 is ignored).
+    `labels=False`: images only, no `annotations/{split}` folder needed; targets hold no "mask".
     """
 
     def __init__(
@@ -75,31 +78,35 @@ class ADE20KDataset(Dataset):
         transforms: Callable[[Any, Any], tuple[Any, Any]] | None = None,
         reduce_zero_label: bool = True,
         num_classes: int | None = None,
+        labels: bool = True,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
         self.reduce_zero_label = reduce_zero_label
+        self.labels = labels
         image_dir = self.root / "images" / split
         label_dir = self.root / "annotations" / split
-        for directory in (image_dir, label_dir):
+        for directory in (image_dir, label_dir) if labels else (image_dir,):
             if not directory.is_dir():
                 raise FileNotFoundError(f"ADE20K directory not found: {directory}")
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise FileNotFoundError(f"no .jpg/.png images in {image_dir}")
-        labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"}
-        missing = [p for p in images if p.stem not in labels]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} image(s) in {image_dir} have no label in {label_dir}, "
-                f"e.g. {missing[0].name} (expected {missing[0].stem}.png)"
-            )
         stems = [p.stem for p in images]
         if len(set(stems)) != len(stems):
             dup = next(s for s in stems if stems.count(s) > 1)
             raise ValueError(f"two images in {image_dir} share the stem {dup!r}")
-        self.samples: list[tuple[Path, Path]] = [(p, labels[p.stem]) for p in images]
+        self.samples: list[tuple[Path, Path | None]] = [(p, None) for p in images]
+        if labels:
+            found = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"}
+            missing = [p for p in images if p.stem not in found]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} image(s) in {image_dir} have no label in {label_dir}, "
+                    f"e.g. {missing[0].name} (expected {missing[0].stem}.png)"
+                )
+            self.samples = [(p, found[p.stem]) for p in images]
         self.class_names = read_class_names(self.root)
         self.num_classes = len(self.class_names) if num_classes is None else num_classes
 
@@ -113,12 +120,20 @@ class ADE20KDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image_path, label_path = self.samples[index]
-        image = read_rgb_image(image_path)  # 3,H,W uint8
+        image = tv_tensors.Image(read_rgb_image(image_path))  # 3,H,W uint8
+        target: dict[str, Any] = {"image_id": image_path.stem}
+        if label_path is not None:
+            target["mask"] = tv_tensors.Mask(self._read_label(label_path, image_path, tuple(image.shape[-2:])))
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def _read_label(self, label_path: Path, image_path: Path, size: tuple[int, int]) -> torch.Tensor:
+        """The label of an image of `size` (H, W) as class indices (reduced when `reduce_zero_label`)."""
         label = read_label(label_path)  # H,W int64
-        if tuple(image.shape[-2:]) != tuple(label.shape):
+        if size != tuple(label.shape):
             raise ValueError(
-                f"size mismatch: image {image_path} is {tuple(image.shape[-2:])} (HxW) "
-                f"but label {label_path} is {tuple(label.shape)}"
+                f"size mismatch: image {image_path} is {size} (HxW) but label {label_path} is {tuple(label.shape)}"
             )
         highest = self.num_classes if self.reduce_zero_label else self.num_classes - 1
         if bool(((label > highest) & (label != IGNORE_INDEX)).any()):  # would be a device-side assert on a GPU
@@ -126,10 +141,4 @@ class ADE20KDataset(Dataset):
                 f"label {label_path} holds values above {highest} (other than {IGNORE_INDEX}) "
                 f"for {self.num_classes} classes, e.g. {int(label[(label > highest) & (label != IGNORE_INDEX)][0])}"
             )
-        if self.reduce_zero_label:
-            label = reduce_zero_label(label)
-        target = {"mask": tv_tensors.Mask(label), "image_id": image_path.stem}
-        image = tv_tensors.Image(image)
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
+        return reduce_zero_label(label) if self.reduce_zero_label else label

@@ -4,7 +4,8 @@ Per sample: the image opens (header) in a mode we can read; the label is an inde
 or 16-bit grayscale) of the image's size whose values are class indices or 255 (ignored): with
 `reduce_zero_label`, 0..K (0 is "other"), else 0..K-1. Labels are decoded in a thread pool (the
 PNG decoder releases the GIL). A split whose labels hold no class pixel at all is refused whole:
-there is nothing to learn from, or no ground truth to evaluate.
+there is nothing to learn from, or no ground truth to evaluate. A split read without labels
+(`ADE20KDataset(labels=False)`, format-only runs) is checked for its image headers only.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def _sample(dataset: ADE20KDataset, index: int, num_classes: int) -> tuple[list[
         width, height, _ = image_header(image_path)
     except (FileNotFoundError, ValueError) as error:
         return [Problem(index, str(image_path), header_reason(error, image_path))], 0
+    if label_path is None:
+        return [], 0
     try:
         values = label_array(label_path)
     except ValueError as error:
@@ -67,10 +70,10 @@ def check_ade20k(dataset: ADE20KDataset, *, split: str, num_classes: int, thread
             split=split,
             source=str(dataset.root / "images" / dataset.split),
             samples=len(dataset),
-            annotations=len(dataset),
+            annotations=len(dataset) if dataset.labels else 0,
             problems=[p for problems, _ in results for p in problems],
         )
-        if len(report.bad_indices) < len(dataset) and sum(pixels for _, pixels in results) == 0:
+        if dataset.labels and len(report.bad_indices) < len(dataset) and sum(pixels for _, pixels in results) == 0:
             what = "nothing to learn from" if split == "train" else "no ground truth to evaluate"
             report.refusal = (
                 f"the labels in {dataset.root / 'annotations' / dataset.split} hold no class pixel "

@@ -103,6 +103,7 @@ class ADE20KDataModule(DenseDataModule):
                 transforms=transforms,
                 reduce_zero_label=self.reduce_zero_label,
                 num_classes=self.num_classes,
+                labels=self.ground_truth,
             )
         return self._raw[split]
 

@@ -5,7 +5,8 @@ differ in size (the collate gives lists), so each one is predicted alone at its 
 (`EncoderDecoder.predict` resizes to the test scale and back; whole image, sliding window, or
 multi-scale + flip by the `evaluation` section) and counted in a dataset-level confusion matrix
 (update per step, compute once per epoch, summed across ranks; evaluation samplers never pad,
-so every image counts once).
+so every image counts once). `predict_step` gives the same class maps without a metric
+(format-only runs, e.g. `LabelPngWriter` for a test-server submission).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class SegmentationTask(DenseTask):
 
     def test_step(self, batch: tuple[list[Tensor], list[dict[str, Any]]], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metric)
+
+    def predict_step(self, batch: tuple[list[Tensor], list[dict[str, Any]]], batch_idx: int) -> list[Tensor]:
+        """Class maps (H_i x W_i, each image's own size) with no metric: format-only runs need no labels."""
+        return [self.predict_image(image) for image in batch[0]]
 
     def on_test_epoch_end(self) -> None:
         results = self.test_metric.compute()

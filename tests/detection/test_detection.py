@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,39 @@ def test_two_training_steps_then_evaluation(detector: str, coco_root: Path, tmp_
         out_dir=tmp_path / "pics",
     )
     assert pictures[0].is_file()
+
+
+def without_annotations(root: Path, folder: Path) -> Path:
+    """The validation split as a test server hands it out: images and an image-info file (images
+    and categories, no `annotations` list, like COCO's image_info_test-dev2017.json)."""
+    shutil.copytree(root / "val2017", folder / "val2017")
+    info = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    (folder / "annotations").mkdir()
+    image_info = {"images": info["images"], "categories": info["categories"]}
+    (folder / "annotations" / "instances_val2017.json").write_text(json.dumps(image_info))
+    return folder
+
+
+def test_format_only_writes_the_results_files_without_annotations(coco_root: Path, tmp_path: Path, capsys) -> None:
+    """`--format-only --out-dir` on data without annotations writes DIR/results.bbox.json and
+    DIR/results.segm.json, the very detections `--results-prefix` writes from the labelled run."""
+    config = tiny_config(tmp_path, "mask_rcnn", coco_root)
+    train(config, ["resume=none", "+model.box_score_thresh=0.0"])
+    checkpoint = tmp_path / "run_mask_rcnn" / "checkpoints" / "last.ckpt"
+    run_test(config, checkpoint, ["+model.box_score_thresh=0.0"], results_prefix=tmp_path / "labelled")
+    metrics = (tmp_path / "run_mask_rcnn" / "metrics.json").read_text()
+    server = without_annotations(coco_root, tmp_path / "server")
+    out_dir = tmp_path / "submission"
+    argv = ["test", str(config), str(checkpoint), f"data.root={server}", "+model.box_score_thresh=0.0"]
+    assert main([*argv, "--format-only", "--out-dir", str(out_dir)]) == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["results.bbox.json", "results.segm.json"]
+    for iou_type in ("bbox", "segm"):
+        written = json.loads((out_dir / f"results.{iou_type}.json").read_text())
+        assert written and written == json.loads((tmp_path / f"labelled.{iou_type}.json").read_text())
+    assert "COCO-format bbox results written to" in capsys.readouterr().out
+    assert (tmp_path / "run_mask_rcnn" / "metrics.json").read_text() == metrics  # no metrics, nothing replaced
+    assert main(argv) == 2  # the same data cannot be evaluated: there is nothing to score against
+    assert "missing list 'annotations' (an image-info file: `test --format-only`" in capsys.readouterr().err
 
 
 def test_ground_truth_as_prediction_scores_one(coco_root: Path) -> None:

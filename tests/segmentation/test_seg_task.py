@@ -4,6 +4,8 @@ train two steps, evaluate (whole, slide, --aug-test), draw; parameter counts aga
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from flatten_dense.core.config import ConfigError
 from flatten_dense.core.image_io import read_rgb_image
 from flatten_dense.segmentation.ade20k import ADE20KDataset
 from flatten_dense.segmentation.inference import EvaluationSettings
+from flatten_dense.segmentation.labels import label_array, read_label, reduce_zero_label
 from flatten_dense.segmentation.metrics import SegmentationMetrics
 from flatten_dense.segmentation.synthetic import make_synthetic_ade20k
 from flatten_dense.segmentation.transforms import build_segmentation_transforms
@@ -117,6 +120,55 @@ def test_test_metrics_equal_an_independent_evaluation(trained, ade_root: Path) -
     expected = metric.compute()
     assert summary["metrics"]["test/mIoU"] == pytest.approx(float(expected["mIoU"]), abs=1e-6)
     assert summary["metrics"]["test/aAcc"] == pytest.approx(float(expected["aAcc"]), abs=1e-6)
+
+
+def images_only(root: Path, folder: Path) -> Path:
+    """The dataset as a test server hands it out: images and class names, no annotations folder."""
+    shutil.copytree(root / "images", folder / "images")
+    shutil.copy(root / "class_names.txt", folder / "class_names.txt")
+    return folder
+
+
+def test_format_only_pngs_give_back_the_printed_miou(trained, ade_root: Path, tmp_path: Path, capsys) -> None:
+    """`--format-only --out-dir` on a copy without labels writes one label PNG per image in ADE20K's
+    server format (class + 1, so 1..K); mIoU recomputed from those files against the ground truth
+    (minus 1, ignore 255, one dataset-level confusion matrix) is the mIoU `test` prints."""
+    overrides, run_dir, _ = trained["semantic_fpn"]
+    config, checkpoint = str(HEAD_CONFIGS["semantic_fpn"]), str(run_dir / "checkpoints" / "best.ckpt")
+    assert main(["test", config, checkpoint, *overrides]) == 0
+    printed_table = re.search(r"^test/mIoU\s+([0-9.]+)$", capsys.readouterr().out, flags=re.MULTILINE)
+    printed = json.loads((run_dir / "metrics.json").read_text())["metrics"]["test/mIoU"]
+    assert printed_table and float(printed_table.group(1)) == pytest.approx(printed, abs=5e-5)
+
+    server = images_only(ade_root, tmp_path / "server")
+    out_dir = tmp_path / "submission"
+    argv = ["test", config, checkpoint, *overrides, f"data.root={server}", "--format-only", "--out-dir", str(out_dir)]
+    assert main(argv) == 0
+    assert "2 label PNGs (values 1..4) written to" in capsys.readouterr().out
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"]["test/mIoU"] == printed  # left as it was
+    images = sorted((ade_root / "images" / "validation").iterdir())
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{p.stem}.png" for p in images)
+    metric = SegmentationMetrics(NUM_CLASSES)
+    for image in images:
+        values = label_array(out_dir / f"{image.stem}.png")
+        assert values.shape == tuple(read_rgb_image(image).shape[-2:])
+        assert 1 <= values.min() and values.max() <= NUM_CLASSES
+        truth = reduce_zero_label(read_label(ade_root / "annotations" / "validation" / f"{image.stem}.png"))
+        metric.update(torch.from_numpy(values) - 1, truth)
+    assert float(metric.compute()["mIoU"]) == pytest.approx(printed, abs=1e-6)
+
+
+def test_format_only_needs_a_writable_out_dir_before_any_work(tmp_path: Path, capsys) -> None:
+    """The folder is checked first: a file in the way is named even though the checkpoint is missing."""
+    config = str(HEAD_CONFIGS["semantic_fpn"])
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    missing = str(tmp_path / "missing.ckpt")
+    assert main(["test", config, missing, "--format-only", "--out-dir", str(blocker)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: --out-dir folder {blocker} is a file, not a folder"
+    assert main(["test", config, missing, "--format-only"]) == 2
+    assert "--format-only and --out-dir DIR go together" in capsys.readouterr().err
 
 
 @pytest.mark.slow
