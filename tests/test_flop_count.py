@@ -19,3 +19,14 @@ def test_flatten_pvt_t_at_224_counts_all_its_macs():
     macs = _flops(model, images, torch.no_grad) / 2
     assert macs == _flops(model, images, torch.enable_grad) / 2  # the training path counts the same
     assert 2.0e9 < macs < 2.1e9  # 2.04 GMACs (0.22 while the oneDNN linears were invisible)
+
+
+def test_cpu_softmax_attention_is_counted_like_its_two_matmuls():
+    """F.scaled_dot_product_attention runs aten's CPU flash kernel, which torch's counter does not
+    know; flatten_dense.benchmark registers it (CSWin's softmax stripes, the softmax PVT)."""
+    from flatten_dense.benchmark.flops import count_flops
+
+    q, k, v = (torch.randn(2, 3, 49, 16, requires_grad=True) for _ in range(3))
+    explicit = count_flops(lambda: torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v)  # 2 batched matmuls
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == explicit
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()) > explicit

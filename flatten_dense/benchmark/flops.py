@@ -13,7 +13,13 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 __all__ = ["count_flops", "matmul_flops_per_second"]
 
@@ -32,6 +38,24 @@ if _ONEDNN_LINEAR is not None:
         # default: (X, W, B, attr, scalars, algorithm); binary: (X, other, W, B, attr)
         weight_shape = second if isinstance(fourth, str) else third
         return _linear_flops(x_shape, weight_shape)
+
+
+# Nor the CPU flash-attention kernels that F.scaled_dot_product_attention dispatches to on CPU
+# (PVT's softmax counterpart, CSWin's softmax stripes): the same counts as the CUDA kernels.
+_CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_CPU_SDPA_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+if _CPU_SDPA is not None and _CPU_SDPA not in flop_registry:
+
+    @register_flop_formula(_CPU_SDPA)
+    def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+if _CPU_SDPA_BACKWARD is not None and _CPU_SDPA_BACKWARD not in flop_registry:
+
+    @register_flop_formula(_CPU_SDPA_BACKWARD)
+    def _cpu_sdpa_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
