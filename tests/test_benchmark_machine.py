@@ -31,9 +31,9 @@ def test_rounds_are_merged_into_medians_and_ratios_cover_training():
 def test_compare_plain_adds_the_plain_autograd_rows():
     args = build_parser().parse_args(["--models", "flatten_pvt_t", "--compare-plain"])
     targets, pairs = _targets(args)
-    assert [t.label for t in targets] == ["flatten_pvt_t", "flatten_pvt_t@plain_autograd"]
-    assert pairs == [("flatten_pvt_t", "flatten_pvt_t@plain_autograd")]
-    assert display_name("plain:flatten_pvt_t") == "flatten_pvt_t@plain_autograd"
+    assert [t.label for t in targets] == ["flatten_pvt_t", "flatten_pvt_t@plain_layers"]
+    assert pairs == [("flatten_pvt_t", "flatten_pvt_t@plain_layers")]
+    assert display_name("plain:flatten_pvt_t") == "flatten_pvt_t@plain_layers"
     model = build_target("plain:flatten_pvt_t").model
     assert not model.fast_layers
     assert not any(isinstance(m, FastFocusedLinearAttention) for m in model.modules())

@@ -1,69 +1,165 @@
 #!/usr/bin/env python
-# Usage: python tools/train_step_check.py SIZE [ROUNDS]  (run from the repository root)
-"""Lean training-step check: peak RSS (VmHWM) growth of one step in a fresh process per model, then
-interleaved step times of all models in one process. fp32, batch 1, glibc allocator defaults."""
+"""Lean training-step and inference check: the issue-15 table in minutes instead of an hour.
 
+    python tools/train_step_check.py --sizes 512 1024 --rounds 2 [--models SPEC ...] [--out FILE.json]
+
+For each size: the peak resident-set growth (VmHWM, reset through /proc/self/clear_refs after a
+64 x 64 warm-up) of one training step and of one forward in a fresh process per model; then the
+step and forward times of all models interleaved in one process (one warm-up round, then ROUNDS
+rounds; medians). fp32, batch 1, glibc allocator defaults for every row (no tuning), the thread
+count of --threads. Model specs as in tools/benchmark.py: a zoo name, plain:NAME (fast_layers off),
+softmax:NAME (softmax-SRA PVT), torchvision:swin_t. `tools/benchmark.py` is the full tool (FLOPs,
+live-tensor peaks, GPU, configs); this one measures only what the training targets need.
+"""
+
+from __future__ import annotations
+
+import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from flatten_dense.benchmark.targets import build_target
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-SPECS = ["flatten_pvt_t", "plain:flatten_pvt_t", "softmax:flatten_pvt_t", "flatten_swin_t", "torchvision:swin_t"]
+from flatten_dense.benchmark.cli import describe_machine, machine_info  # noqa: E402
+from flatten_dense.benchmark.targets import build_target, display_name  # noqa: E402
+
+DEFAULT_SPECS = [
+    "flatten_swin_t",
+    "plain:flatten_swin_t",
+    "torchvision:swin_t",
+    "flatten_pvt_t",
+    "plain:flatten_pvt_t",
+    "softmax:flatten_pvt_t",
+]
+
+# One measurement in a fresh process: the peak RSS growth of a training step or a forward.
 CHILD = r"""
-import sys, torch, gc
-torch.set_num_threads(2)
+import sys, gc, torch
+torch.set_num_threads(int(sys.argv[4]))
 from flatten_dense.benchmark.targets import build_target
-def hwm():
-    for l in open("/proc/self/status"):
-        if l.startswith("VmHWM"): return int(l.split()[1]) * 1024
-def rss():
-    for l in open("/proc/self/status"):
-        if l.startswith("VmRSS"): return int(l.split()[1]) * 1024
-spec, size = sys.argv[1], int(sys.argv[2])
-m = build_target(spec).model.train()
-x = torch.randn(1, 3, size, size)
-def step(inp):
-    out = m(inp); out = out if isinstance(out, (list, tuple)) else [out]
-    sum(o.float().mean() for o in out).backward(); m.zero_grad(set_to_none=True)
-step(torch.randn(1, 3, 64, 64)); gc.collect()
-start = rss()
-with open("/proc/self/clear_refs", "w") as f: f.write("5")  # reset VmHWM to the current RSS
-step(x)
-print("RESULT", (hwm() - start) / 2**20)
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+spec, size, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+model = build_target(spec).model
+
+def run(images):
+    if mode == "train":
+        model.train()
+        out = model(images)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        sum(o.float().mean() for o in out).backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+        with torch.inference_mode():
+            model(images)
+
+run(torch.randn(1, 3, 64, 64))
+gc.collect()
+images = torch.randn(1, 3, size, size)
+start = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+run(images)
+print("RESULT", (status("VmHWM") - start) / 2**20)
 """
-size = int(sys.argv[1])
-mem = {}
-for spec in SPECS:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, spec, str(size)], capture_output=True, text=True, cwd="/work/main"
+
+
+def peak_rss_mib(spec: str, size: int, mode: str, threads: int) -> float | None:
+    """Peak RSS growth (MiB) of one training step (`mode="train"`) or forward, in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, spec, str(size), mode, str(threads)], capture_output=True, text=True, cwd=REPO
     )
-    line = [text for text in out.stdout.splitlines() if text.startswith("RESULT")]
-    mem[spec] = float(line[0].split()[1]) if line else None
-    print(spec, "train peak RSS growth MiB", mem[spec], out.stderr[-300:] if not line else "", flush=True)
-torch.set_num_threads(2)
-models = {s: build_target(s).model.train() for s in SPECS}
-x = torch.randn(1, 3, size, size)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    if not lines:
+        print(f"{spec} {mode} at {size}: failed\n{result.stderr[-400:]}", file=sys.stderr)
+        return None
+    return float(lines[0].split()[1])
 
 
-def step(m):
-    out = m(x)
+def train_step(model: torch.nn.Module, images: torch.Tensor) -> None:
+    model.train()
+    out = model(images)
     out = out if isinstance(out, (list, tuple)) else [out]
     sum(o.float().mean() for o in out).backward()
-    m.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
 
 
-times = {s: [] for s in SPECS}
-rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-for r in range(rounds + 1):
-    for s, m in models.items():
-        t = time.perf_counter()
-        step(m)
-        dt = time.perf_counter() - t
-        if r:
-            times[s].append(dt)
-        print(f"round {r} {s} {dt * 1e3:.0f} ms", flush=True)
-print(json.dumps({"size": size, "mem": mem, "times": times}))
+def forward(model: torch.nn.Module, images: torch.Tensor) -> None:
+    model.eval()
+    with torch.inference_mode():
+        model(images)
+
+
+def interleaved_times(specs: list[str], size: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Milliseconds per call, all models in turn in each round (a warm-up round first, not kept)."""
+    models = {spec: build_target(spec).model for spec in specs}
+    images = torch.randn(1, 3, size, size)
+    times = {spec: {"train_ms": [], "forward_ms": []} for spec in specs}
+    for round_index in range(rounds + 1):
+        for spec, model in models.items():
+            for key, call in (("train_ms", train_step), ("forward_ms", forward)):
+                start = time.perf_counter()
+                call(model, images)
+                elapsed = (time.perf_counter() - start) * 1e3
+                if round_index:
+                    times[spec][key].append(elapsed)
+                print(f"  size {size} round {round_index} {display_name(spec)} {key} {elapsed:.0f}", flush=True)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_SPECS, help="model specs, as tools/benchmark.py")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after one warm-up round")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    machine = machine_info("cpu", tuned_allocator=False)
+    print("machine:", describe_machine(machine), flush=True)
+    rows = []
+    for size in args.sizes:
+        memory = {
+            spec: {mode: peak_rss_mib(spec, size, mode, args.threads) for mode in ("train", "forward")}
+            for spec in args.models
+        }
+        times = interleaved_times(args.models, size, args.rounds)
+        for spec in args.models:
+            rows.append(
+                {
+                    "model": display_name(spec),
+                    "size": size,
+                    "train_ms": statistics.median(times[spec]["train_ms"]),
+                    "forward_ms": statistics.median(times[spec]["forward_ms"]),
+                    "train_peak_rss_mib": memory[spec]["train"],
+                    "forward_peak_rss_mib": memory[spec]["forward"],
+                    "rounds": args.rounds,
+                }
+            )
+    print(f"\n{describe_machine(machine)}; fp32, batch 1, medians of {args.rounds} interleaved rounds\n")
+    print("| model | size | train step ms | train peak RSS MiB | forward ms | forward peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['model']} | {row['size']} | {row['train_ms']:.0f} | {row['train_peak_rss_mib'] or 0:.0f} "
+            f"| {row['forward_ms']:.0f} | {row['forward_peak_rss_mib'] or 0:.0f} |"
+        )
+    if args.out is not None:
+        args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

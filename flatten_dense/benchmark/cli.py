@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-plain",
         action="store_true",
-        help="also measure each FLatten model with plain autograd (fast_layers=False) and report ratios",
+        help="also measure each FLatten model with its plain layers (fast_layers=False) and report ratios",
     )
     parser.add_argument("--baseline-root", default=None, help="also measure the FLatten models of an older source tree")
     parser.add_argument(
