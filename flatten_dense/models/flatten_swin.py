@@ -25,6 +25,7 @@ from .layers import (
     WindowAttention,
     in_inference,
     pad_to_multiple,
+    padded_size,
     shifted_window_mask,
     window_partition,
     window_reverse,
@@ -189,7 +190,7 @@ class SwinStage(nn.Module):
         if first.attn_type != "S":
             return {}
         size = first.softmax_window
-        padded = (-(-grid[0] // size) * size, -(-grid[1] // size) * size)
+        padded = (padded_size(grid[0], size), padded_size(grid[1], size))  # as pad_to_multiple pads
         masks = {}
         for shifted in {block.shift for block in self.blocks}:
             mask = shifted_window_mask(padded, grid, (size, size), softmax_shift(grid, size, shifted))

@@ -12,6 +12,7 @@ from .stripes import StripeLayout
 from .window_attention import (
     WindowAttention,
     pad_to_multiple,
+    padded_size,
     shifted_window_mask,
     window_partition,
     window_reverse,
@@ -33,6 +34,7 @@ __all__ = [
     "in_inference",
     "linear_attention_heads",
     "pad_to_multiple",
+    "padded_size",
     "resize_position_table",
     "shifted_window_mask",
     "stripe_conv",

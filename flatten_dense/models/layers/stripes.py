@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .window_attention import pad_to_multiple, window_partition, window_reverse
+from .window_attention import pad_to_multiple, padded_size, window_partition, window_reverse
 
 __all__ = ["StripeLayout"]
 
@@ -43,10 +43,7 @@ class StripeLayout:
     @property
     def padded(self) -> tuple[int, int]:
         """The map's size rounded up to whole stripes."""
-        return (
-            -(-self.grid[0] // self.stripe[0]) * self.stripe[0],
-            -(-self.grid[1] // self.stripe[1]) * self.stripe[1],
-        )
+        return padded_size(self.grid[0], self.stripe[0]), padded_size(self.grid[1], self.stripe[1])
 
     @property
     def tokens(self) -> int:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 __all__ = [
     "WindowAttention",
     "pad_to_multiple",
+    "padded_size",
     "relative_position_index",
     "shifted_window_mask",
     "window_partition",
@@ -22,10 +23,23 @@ __all__ = [
 MASK_VALUE = -100.0  # as the released Swin models use
 
 
+def padded_size(size: int, window: int) -> int:
+    """`size` rounded up to whole windows, written as (number of windows) * window.
+
+    With a symbolic size (torch.export with dynamic H, W) this is the one form every helper uses:
+    the padded side is `7 * ((s + 6) // 7)`, from which `// 7` and `* 7` simplify at once. The
+    other spellings (`s + (-s) % 7`, `-(-s // 7) * 7`) are equal but not provably so to sympy,
+    and every view, reshape and mask broadcast over the windows then made it search for a proof
+    (the Swin-T export ran for over 25 minutes in sympy's `simplify`).
+    """
+    return (size + window - 1) // window * window
+
+
 def pad_to_multiple(x: Tensor, window: tuple[int, int]) -> Tensor:
     """(B, H, W, C) -> zero padded on the bottom/right to multiples of the window (h, w)."""
-    pad_h = (-x.shape[1]) % window[0]
-    pad_w = (-x.shape[2]) % window[1]
+    height, width = x.shape[1], x.shape[2]
+    pad_h = padded_size(height, window[0]) - height
+    pad_w = padded_size(width, window[1]) - width
     if torch.compiler.is_compiling() or pad_h or pad_w:  # no branch on symbolic sizes (torch.export)
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x
@@ -35,8 +49,9 @@ def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:
     """(B, H, W, C) with H, W multiples of the window -> (B * nW, wh * ww, C)."""
     batch, height, width, channels = x.shape
     wh, ww = window
-    x = x.view(batch, height // wh, wh, width // ww, ww, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+    rows, cols = height // wh, width // ww
+    x = x.view(batch, rows, wh, cols, ww, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch * rows * cols, wh * ww, channels)
 
 
 def window_reverse(windows: Tensor, window: tuple[int, int], height: int, width: int) -> Tensor:
@@ -44,7 +59,7 @@ def window_reverse(windows: Tensor, window: tuple[int, int], height: int, width:
     wh, ww = window
     channels = windows.shape[-1]
     x = windows.view(-1, height // wh, width // ww, wh, ww, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(x.shape[0], height, width, channels)
 
 
 def relative_position_index(window: tuple[int, int]) -> Tensor:
