@@ -3,7 +3,7 @@
 #
 #   1. backbones at 1024 x 1024, batch 2, bf16 autocast: training images/s and peak memory of
 #      flatten_swin_t vs torchvision swin_t, flatten_pvt_t vs our softmax-SRA PVT-T, and each
-#      FLatten model with plain autograd (memory_efficient=False) for the before/after;
+#      FLatten model with its plain layers (fast_layers=False) for the before/after;
 #   2. Mask R-CNN FLatten-PVT-T and FLatten-Swin-T at 800 x 1333, batch 2, bf16 autocast (a full
 #      training step on synthetic boxes and masks).
 # Every row runs in its own process (peak memory = torch.cuda.max_memory_allocated growth); the
