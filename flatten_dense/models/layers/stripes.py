@@ -61,7 +61,9 @@ class StripeLayout:
 
     def valid(self, device: torch.device | None = None) -> Tensor | None:
         """(nS, sh * sw) bool, False on padding; None when the stripes tile the map exactly."""
-        if self.padded == self.grid:
+        # Exporting, the sizes are symbolic: testing them would pin the graph to maps that do (or do
+        # not) tile into whole stripes. An all-True mask computes the same.
+        if not torch.compiler.is_compiling() and self.padded == self.grid:
             return None
         real = torch.zeros(1, *self.padded, 1, dtype=torch.bool, device=device)
         real[:, : self.grid[0], : self.grid[1]] = True
