@@ -114,7 +114,8 @@ def _symbolic_shifted_window_mask(
     def axis(size, win: int, sh: int) -> tuple[Tensor, Tensor]:  # region ids, index before the roll
         index = torch.arange(size)
         region = (index >= size - win).long() + (index >= size - sh).long() if sh else torch.zeros_like(index)
-        return region, (index + sh) % size
+        source = index + sh  # (index + sh) % size, without a remainder by a symbolic size (no ONNX op for it)
+        return region, torch.where(source >= size, source - size, source)
 
     rows, row_source = axis(padded[0], window[0], shift[0])
     cols, col_source = axis(padded[1], window[1], shift[1])
