@@ -13,7 +13,49 @@ from torch.autograd.function import once_differentiable
 
 from ..focusing import focused_kernel
 
-__all__ = ["FocusedKernel", "focused_kernel_recomputed", "focused_kernel_backward"]
+__all__ = [
+    "FocusedKernel",
+    "focused_kernel_backward",
+    "focused_kernel_recomputed",
+    "focused_kernel_vjp",
+    "focused_kernel_without_grad",
+]
+
+KERNEL_EPS = 1e-6
+
+
+def focused_kernel_without_grad(x: Tensor, scale: Tensor, focusing_factor: float) -> Tensor:
+    """phi(x) in one fresh buffer (in-place chain): for code that runs without autograd."""
+    t = x.clamp_min(0.0).add_(KERNEL_EPS).div_(torch.nn.functional.softplus(scale))
+    norm = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+    t = t.pow_(focusing_factor)
+    return t.mul_(norm / torch.linalg.vector_norm(t, dim=-1, keepdim=True))
+
+
+def focused_kernel_vjp(x: Tensor, scale: Tensor, focusing_factor: float, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """(d x, d scale) of sum(grad * phi(x)), written out by hand with few N x C buffers.
+
+    With s = softplus(scale), t = (relu(x) + eps) / s, u = t**p, a = ||t||, b = ||u||, phi = (a/b) u
+    and G = sum(grad * u) per token:
+        dL/du = (a/b) grad - G (a/b) u / b^2,   dL/dt = dL/du * p u / t + G t / (a b)
+        dL/dx = dL/dt / s * [x > 0],           dL/dscale = -sum(dL/dt * t) / s * sigmoid(scale)
+    """
+    p = focusing_factor
+    s = torch.nn.functional.softplus(scale)
+    t = x.clamp_min(0.0).add_(KERNEL_EPS).div_(s)  # buffer 1
+    a = torch.linalg.vector_norm(t, dim=-1, keepdim=True)  # B N 1
+    u = t.pow(p)  # buffer 2
+    b = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    r = a / b
+    g_dot_u = (grad * u).sum(dim=-1, keepdim=True)  # B N 1 (a transient buffer)
+    grad_t = torch.addcmul(grad * r, u, g_dot_u * r / b.square(), value=-1.0)  # dL/du, buffer 3
+    grad_t.mul_(u).mul_(p).div_(t)  # * p t**(p-1)
+    del u
+    grad_t.addcmul_(t, g_dot_u / (a * b))
+    grad_s = (grad_t * t).sum(dim=tuple(range(grad_t.dim() - 1)), keepdim=True).div_(s).neg_()
+    grad_scale = grad_s * torch.sigmoid(scale)
+    grad_x = grad_t.div_(s).mul_(x > 0)
+    return grad_x, grad_scale.reshape(scale.shape)
 
 
 def focused_kernel_backward(x: Tensor, scale: Tensor, focusing_factor: float, grad: Tensor) -> tuple[Tensor, Tensor]:

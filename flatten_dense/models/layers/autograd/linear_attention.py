@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..focusing import focused_kernel
+from .focused_kernel import focused_kernel_vjp, focused_kernel_without_grad
 
 __all__ = [
     "FocusedLinearAttentionFunction",
@@ -92,15 +93,27 @@ def _kernels(
     return q_phi, k_phi, v
 
 
+def _kernels_without_grad(
+    q: Tensor, k: Tensor, v: Tensor, scale: Tensor, focusing_factor: float, keep: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`_kernels` in one fresh buffer per kernel (autograd is off inside a Function's forward/backward)."""
+    q_phi = focused_kernel_without_grad(q, scale, focusing_factor)
+    k_phi = focused_kernel_without_grad(k, scale, focusing_factor)
+    if keep is not None:
+        k_phi, v = k_phi.mul_(keep), v * keep
+    return q_phi, k_phi, v
+
+
 class FocusedLinearAttentionFunction(torch.autograd.Function):
     """phi(q) (phi(k)^T v / n) / (phi(q) . mean phi(k) + eps) from raw projections q, k, v (B, N, C).
 
-    Saves q, k, v (the projections), kv, m and z; phi(q), phi(k) are rebuilt in backward.
+    Saves q, k, v (the projections), kv, m and z; phi(q), phi(k) are rebuilt in backward, and the
+    kernel chain's gradient is written out (`focused_kernel_vjp`) instead of taped again.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, scale, heads, focusing_factor, keep, num_valid):
-        q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep)
+        q_phi, k_phi, v_kept = _kernels_without_grad(q, k, v, scale, focusing_factor, keep)
         out, kv, k_mean, z = _forward(_heads(q_phi, heads), _heads(k_phi, heads), _heads(v_kept, heads), num_valid)
         num_tensor = num_valid if isinstance(num_valid, Tensor) else None
         ctx.save_for_backward(q, k, v, scale, keep, kv, k_mean, z, num_tensor)
@@ -114,26 +127,27 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         q, k, v, scale, keep, kv, k_mean, z, num_tensor = ctx.saved_tensors
         num_valid = num_tensor if num_tensor is not None else ctx.num_valid
-        heads = ctx.heads
-        with torch.enable_grad():
-            q_in, k_in, v_in, scale_in = (t.detach().requires_grad_() for t in (q, k, v, scale))
-            q_phi, k_phi, v_kept = _kernels(q_in, k_in, v_in, scale_in, ctx.focusing_factor, keep)
-            grads = _backward(
-                _heads(grad.contiguous(), heads),
-                _heads(q_phi.detach(), heads),
-                _heads(k_phi.detach(), heads),
-                _heads(v_kept.detach(), heads),
-                kv,
-                k_mean,
-                z,
-                num_valid,
-            )
-            batch, tokens, channels = q.shape
-            grads = [g.transpose(1, 2).reshape(batch, tokens, channels) for g in grads]
-            grad_q, grad_k, grad_v, grad_scale = torch.autograd.grad(
-                (q_phi, k_phi, v_kept), (q_in, k_in, v_in, scale_in), grads
-            )
-        return grad_q, grad_k, grad_v, grad_scale, None, None, None, None
+        heads, focusing_factor = ctx.heads, ctx.focusing_factor
+        q_phi, k_phi, v_kept = _kernels_without_grad(q, k, v, scale, focusing_factor, keep)
+        grads = _backward(
+            _heads(grad.contiguous(), heads),
+            _heads(q_phi, heads),
+            _heads(k_phi, heads),
+            _heads(v_kept, heads),
+            kv,
+            k_mean,
+            z,
+            num_valid,
+        )
+        del q_phi, k_phi, v_kept
+        batch, tokens, channels = q.shape
+        grad_q_phi, grad_k_phi, grad_v = (g.transpose(1, 2).reshape(batch, tokens, channels) for g in grads)
+        if keep is not None:  # phi(k) * keep and v * keep
+            grad_k_phi, grad_v = grad_k_phi * keep, grad_v * keep
+        grad_q, grad_scale_q = focused_kernel_vjp(q, scale, focusing_factor, grad_q_phi)
+        del grad_q_phi
+        grad_k, grad_scale_k = focused_kernel_vjp(k, scale, focusing_factor, grad_k_phi)
+        return grad_q, grad_k, grad_v, grad_scale_q + grad_scale_k, None, None, None, None
 
 
 def focused_linear_attention(
