@@ -3,7 +3,7 @@
 A target is named by a string so that a fresh worker process can rebuild it:
     "flatten_pvt_t"                  a registered FLatten backbone (all four outputs)
     "softmax:flatten_pvt_t"          our PVT with softmax spatial-reduction attention (SSSS, sr 8,4,2,1)
-    "plain:flatten_pvt_t"            the same backbone with the plain layers (fast_layers=False: plain autograd, no fused inference)
+    "plain:flatten_pvt_t"            the same backbone with its plain layers (fast_layers=False)
     "torchvision:swin_t"             torchvision's Swin backbone part (`features` + `norm`, weights=None)
     "config:PATH[|key=value|...]"   a detector or segmentor built by `commands.build.build_network`
 """
