@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..focusing import focused_kernel
+from ..focusing import KERNEL_EPS, focused_kernel, focused_kernel_parts
 
 __all__ = [
     "FocusedKernel",
@@ -21,15 +21,11 @@ __all__ = [
     "focused_kernel_without_grad",
 ]
 
-KERNEL_EPS = 1e-6
-
 
 def focused_kernel_without_grad(x: Tensor, scale: Tensor, focusing_factor: float) -> Tensor:
-    """phi(x) in one fresh buffer (in-place chain): for code that runs without autograd."""
-    t = x.clamp_min(0.0).add_(KERNEL_EPS).div_(torch.nn.functional.softplus(scale))
-    norm = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
-    t = t.pow_(focusing_factor)
-    return t.mul_(norm / torch.linalg.vector_norm(t, dim=-1, keepdim=True))
+    """phi(x) in one fresh buffer (`focused_kernel_parts`' in-place chain): for code without autograd."""
+    x_pow, ratio = focused_kernel_parts(x, scale, focusing_factor)
+    return x_pow.mul_(ratio)
 
 
 def focused_kernel_vjp(x: Tensor, scale: Tensor, focusing_factor: float, grad: Tensor) -> tuple[Tensor, Tensor]:

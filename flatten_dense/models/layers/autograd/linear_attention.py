@@ -14,6 +14,8 @@ projections and rebuilds phi(q), phi(k) in backward (see focused_kernel.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -83,24 +85,22 @@ def _heads(x: Tensor, heads: int) -> Tensor:
 
 
 def _kernels(
-    q: Tensor, k: Tensor, v: Tensor, scale: Tensor, focusing_factor: float, keep: Tensor | None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: Tensor,
+    focusing_factor: float,
+    keep: Tensor | None,
+    kernel: Callable[[Tensor, Tensor, float], Tensor] = focused_kernel,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """phi(q), phi(k) and v, with padded keys/values (keep == 0) zeroed. All (B, N, C)."""
-    q_phi = focused_kernel(q, scale, focusing_factor)
-    k_phi = focused_kernel(k, scale, focusing_factor)
+    """phi(q), phi(k) and v, with padded keys/values (keep == 0) zeroed. All (B, N, C).
+
+    `kernel=focused_kernel_without_grad` (inside a Function, where autograd is off) builds each
+    kernel in one fresh buffer."""
+    q_phi = kernel(q, scale, focusing_factor)
+    k_phi = kernel(k, scale, focusing_factor)
     if keep is not None:
         k_phi, v = k_phi * keep, v * keep
-    return q_phi, k_phi, v
-
-
-def _kernels_without_grad(
-    q: Tensor, k: Tensor, v: Tensor, scale: Tensor, focusing_factor: float, keep: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """`_kernels` in one fresh buffer per kernel (autograd is off inside a Function's forward/backward)."""
-    q_phi = focused_kernel_without_grad(q, scale, focusing_factor)
-    k_phi = focused_kernel_without_grad(k, scale, focusing_factor)
-    if keep is not None:
-        k_phi, v = k_phi.mul_(keep), v * keep
     return q_phi, k_phi, v
 
 
@@ -113,7 +113,7 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, heads, focusing_factor, keep, num_valid):
-        q_phi, k_phi, v_kept = _kernels_without_grad(q, k, v, scale, focusing_factor, keep)
+        q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep, focused_kernel_without_grad)
         out, kv, k_mean, z = _forward(_heads(q_phi, heads), _heads(k_phi, heads), _heads(v_kept, heads), num_valid)
         num_tensor = num_valid if isinstance(num_valid, Tensor) else None
         ctx.save_for_backward(q, k, v, scale, keep, kv, k_mean, z, num_tensor)
@@ -128,7 +128,7 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
         q, k, v, scale, keep, kv, k_mean, z, num_tensor = ctx.saved_tensors
         num_valid = num_tensor if num_tensor is not None else ctx.num_valid
         heads, focusing_factor = ctx.heads, ctx.focusing_factor
-        q_phi, k_phi, v_kept = _kernels_without_grad(q, k, v, scale, focusing_factor, keep)
+        q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep, focused_kernel_without_grad)
         grads = _backward(
             _heads(grad.contiguous(), heads),
             _heads(q_phi, heads),
