@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,11 @@ FAMILY_EXAMPLES = ["flatten_swin_t", "flatten_pvt_t", "flatten_cswin_t"]
 
 
 @pytest.fixture(scope="module")
-def release_files(tmp_path_factory) -> dict:
-    """name -> (path, state) of a test checkpoint in the authors' release format, made once."""
+def release_files(tmp_path_factory) -> Iterator:
+    """name -> (path, state) of a test checkpoint in the authors' release format, made once.
+
+    The files (3 GB for the whole zoo) are deleted when the module ends.
+    """
     cache: dict = {}
     folder = tmp_path_factory.mktemp("release")
 
@@ -39,7 +44,8 @@ def release_files(tmp_path_factory) -> dict:
             cache[name] = (path, make_release_checkpoint(name, path))
         return cache[name]
 
-    return get
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_registry_lists_every_released_family() -> None:
