@@ -43,8 +43,10 @@ def _grads(model, images):
         ("flatten_swin_t", (64, 96), SMALL_GLOBAL_SWIN),  # one global window
     ],
 )
-def test_gradients_equal_plain_autograd(name, size, kwargs):
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recomputed"])
+def test_gradients_equal_plain_autograd(name, size, kwargs, recompute):
     fast, plain = _pair(name, **kwargs)
+    fast.set_recompute_attention(recompute)
     assert any(isinstance(m, FastFocusedLinearAttention) for m in fast.modules())
     assert not any(isinstance(m, FastFocusedLinearAttention) for m in plain.modules())
     images = torch.randn(2, 3, *size, dtype=torch.float64)
@@ -70,9 +72,11 @@ def test_switch_keeps_state_dict_and_goes_back():
     assert list(plain.state_dict()) == keys
 
 
-def test_with_cp_on_top():
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recomputed"])
+def test_with_cp_on_top(recompute):
     fast, plain = _pair("flatten_pvt_t", **SMALL_PVT)
     fast.set_grad_checkpointing(True)
+    fast.set_recompute_attention(recompute)
     images = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     _, grads_fast = _grads(fast, images)
     _, grads_plain = _grads(plain, images)
@@ -96,3 +100,34 @@ def test_fast_inference_equals_the_plain_forward(name, size, kwargs):
     with torch.no_grad():
         for a, b in zip(fast(images), plain(images), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _saved_bytes(model, images) -> int:
+    """Bytes of the distinct storages autograd keeps for backward (parameters aside)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(images)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("flatten_pvt_t", SMALL_PVT), ("flatten_swin_t", SMALL_GLOBAL_SWIN)])
+def test_recompute_attention_stores_the_projections_no_more(name, kwargs):
+    """Per attention, q, k and v (3 N x C floats; PVT: q and kv) leave the saved set, with the kernels'
+    and the LayerNorms' small per-token and per-head tensors (under 30% more at this size); the rest stays."""
+    fast = fd.create_backbone(name, out_indices=(0, 1, 2, 3), **kwargs).train()
+    images = torch.randn(1, 3, 64, 96)
+    stored = _saved_bytes(fast, images)
+    fast.set_recompute_attention(True)
+    recomputed = _saved_bytes(fast, images)
+    tokens = [(64 // 4 >> stage) * (96 // 4 >> stage) for stage in range(4)]  # stage i: stride 4 * 2**i
+    attentions = [m for m in fast.modules() if isinstance(m, FastFocusedLinearAttention)]
+    projections = sum(tokens[list(fast.stage_channels).index(m.dim)] * 3 * m.dim * 4 for m in attentions)
+    assert attentions and projections <= stored - recomputed <= 1.3 * projections

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .feature_info import FeatureInfo
-from .layers.fast_layers import set_fast_layers
+from .layers.fast_layers import set_fast_layers, set_recompute_attention
 from .layers.nchw_output import to_nchw
 
 __all__ = [
@@ -44,6 +44,7 @@ class PyramidOptions(TypedDict, total=False):
     with_cp: bool
     out_norm: bool
     fast_layers: bool
+    recompute_attention: bool
 
 
 class PyramidModel(nn.Module):
@@ -61,13 +62,16 @@ class PyramidModel(nn.Module):
         with_cp: bool = False,
         out_norm: bool = True,
         fast_layers: bool = True,
+        recompute_attention: bool = False,
     ) -> None:
         """Classifier when `out_indices` is None (`num_classes` logits), else a backbone returning the
         maps of those stages, each through its own LayerNorm unless `out_norm` is False. Stem and the
         first `frozen_stages` stages are frozen and kept in eval mode; `with_cp` checkpoints every
         block's activations in training. `fast_layers` (the default) runs the layers of
         `layers/fast_layers.py` (same maths: custom autograd functions that store less in training,
-        fused CPU kernels in inference); `set_fast_layers(False)` goes back to the plain forms."""
+        fused CPU kernels in inference); `set_fast_layers(False)` goes back to the plain forms.
+        `recompute_attention` (fast layers only) stores just each attention's input in training and
+        recomputes its projections in backward (`set_recompute_attention`)."""
         super().__init__()
         self.is_classifier = out_indices is None
         self.num_classes = num_classes
@@ -76,6 +80,7 @@ class PyramidModel(nn.Module):
         self.grad_checkpointing = with_cp
         self.out_norm = out_norm
         self.fast_layers = fast_layers
+        self.recompute_attention = recompute_attention
 
     def _finish_init(self, *, norm_eps: float) -> None:
         """After the family built its layers: weights initialised, then the head or the output norms,
@@ -99,6 +104,7 @@ class PyramidModel(nn.Module):
             )
         self._freeze_stages()
         self.set_fast_layers(self.fast_layers)
+        self.set_recompute_attention(self.recompute_attention)
 
     # ----- what a family provides -----
     def _stage_maps(self, x: Tensor, last_stage: int) -> list[Tensor]:
@@ -128,6 +134,11 @@ class PyramidModel(nn.Module):
         """The one switch between the fast layers (training and inference) and the plain forms."""
         set_fast_layers(self, enable)
         self.fast_layers = enable
+
+    def set_recompute_attention(self, enable: bool = True) -> None:
+        """Selective activation checkpointing of the focused linear attentions (fast layers only)."""
+        set_recompute_attention(self, enable)
+        self.recompute_attention = enable
 
     def _apply_out_norm(self, index: int, feature: Tensor) -> Tensor:
         """(B, C, H, W) map, usually channels-last in memory -> its output norm, contiguous NCHW."""

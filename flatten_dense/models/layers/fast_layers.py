@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .autograd import depthwise_conv_of_view, focused_linear_attention, gelu_linear, layer_norm_linear
 from .focused_linear_attention import NORMALISER_EPS, FocusedLinearAttention
@@ -35,6 +36,7 @@ __all__ = [
     "FastFocusedLinearAttention",
     "FastMlp",
     "set_fast_layers",
+    "set_recompute_attention",
     "uses_fast_path",
 ]
 
@@ -61,8 +63,10 @@ def _fuses_norm(mlp: Mlp | DepthwiseConvMlp, norm: nn.Module) -> bool:
 
 
 class FastFocusedLinearAttention(FocusedLinearAttention):
-    """Focused linear attention: one autograd function storing q, k, v in training; few passes over
-    memory in inference."""
+    """Focused linear attention: one autograd function storing q, k, v in training (or, with
+    `recompute`, only its input); few passes over memory in inference."""
+
+    recompute: bool = False  # set per model by `set_recompute_attention`
 
     def forward(
         self, x: Tensor, grid: tuple[int, int], valid: Tensor | None = None, *, residual: Tensor | None = None
@@ -127,7 +131,17 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
 
         q, k, v stay views into their GEMM outputs, which the attention function stores: the key
         table is added into k's columns of that output, and the DWC stores the v view, not a copy.
+        With `recompute` (selective activation checkpointing) only x is stored: the projections,
+        kernels and DWC run again in backward, one more q/k/v GEMM for 3 N x C floats less.
         """
+        if self.recompute:
+            attended = checkpoint(self._attend, x, grid, valid, norm, use_reentrant=False)
+        else:
+            attended = self._attend(x, grid, valid, norm)
+        return project_output(self.proj, self.proj_drop, attended, residual)
+
+    def _attend(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None, norm: nn.LayerNorm | None) -> Tensor:
+        """(norm and) projections, kernels, attention and DWC: x (B, N, C) -> the proj input (B, N, C)."""
         batch, tokens, _ = x.shape
         q, k, v = self._projection_views(x, norm, self.key_position(grid))  # k + P: no N x C tensor more
         with torch.autocast(device_type=x.device.type, enabled=False):  # kernel maths in float32 (fp16 overflow)
@@ -143,7 +157,7 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
             if self.dwc is not None:
                 v_kept = v if keep is None else v * keep
                 out = out + self._depthwise_conv(v_kept, grid, dtype, conv=depthwise_conv_of_view)
-        return project_output(self.proj, self.proj_drop, out.to(x.dtype), residual)
+        return out.to(x.dtype)
 
     def _inference_forward(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None, residual: Tensor | None):
         """Few passes over N x C memory, everything in place on this call's own buffers.
@@ -278,6 +292,19 @@ FAST_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
     Mlp: FastMlp,
     DepthwiseConvMlp: FastDepthwiseConvMlp,
 }
+
+
+def set_recompute_attention(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Selective activation checkpointing for every focused linear attention of `model` (fast path).
+
+    Each stores only its input in training and recomputes its projections, kernels and DWC in
+    backward: less memory than storing q, k, v, far less recomputation than `with_cp` (which runs
+    every block's whole forward again). The plain layers ignore the setting. Returns `model`.
+    """
+    for module in model.modules():
+        if isinstance(module, FocusedLinearAttention):
+            module.recompute = enable
+    return model
 
 
 def set_fast_layers(model: nn.Module, enable: bool = True) -> nn.Module:
