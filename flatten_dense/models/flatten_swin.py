@@ -11,7 +11,7 @@ softmax attention with relative position bias and correct masks for shifts and p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -30,7 +30,8 @@ from .layers import (
     window_partition,
     window_reverse,
 )
-from .layers.fast_layers import FAST_LAYERS, uses_fast_path
+from .layers.autograd import layer_norm_linear
+from .layers.fast_layers import FAST_LAYERS, FastWindowAttention, uses_fast_path
 from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
 
 if TYPE_CHECKING:
@@ -119,7 +120,11 @@ class SwinBlock(nn.Module):
         out = window_reverse(self.attn(windows, window, valid), window, padded.shape[1], padded.shape[2])
         return out[:, :height, :width]
 
-    def _softmax(self, x: Tensor, mask: Tensor | None) -> Tensor:  # (B, H, W, C) -> same
+    def _softmax(
+        self, x: Tensor, mask: Tensor | None, attention: Callable[[Tensor, Tensor | None], Tensor] | None = None
+    ) -> Tensor:  # (B, H, W, C) -> same
+        """Shifted windows of x through `attention` (windows, mask) -> windows (default: self.attn)."""
+        attention = self.attn if attention is None else attention
         _, height, width, _ = x.shape
         window = (self.softmax_window, self.softmax_window)
         shift = softmax_shift((height, width), self.softmax_window, self.shift)
@@ -127,7 +132,7 @@ class SwinBlock(nn.Module):
         padded_size = (padded.shape[1], padded.shape[2])
         if any(shift):
             padded = torch.roll(padded, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-        out = window_reverse(self.attn(window_partition(padded, window), mask), window, *padded_size)
+        out = window_reverse(attention(window_partition(padded, window), mask), window, *padded_size)
         if any(shift):
             out = torch.roll(out, shifts=shift, dims=(1, 2))
         return out[:, :height, :width]
@@ -146,10 +151,27 @@ class FastSwinBlock(SwinBlock):
             return self.mlp.residual_inference(x, self.norm2)
         if self.attn_type == "L" and self.global_linear(grid):  # tokens go straight in: norm1 fused too
             attended = self.attn.normed_forward(x, self.norm1, grid)
+        elif self._fuses_norm_into_windows(x):
+            attended = self._normed_softmax(x, grid, mask)
         else:
             attended = self.attend(self.norm1(x), grid, mask)
         x = x + self.drop_path(attended)
         return x + self.drop_path(self.mlp.normed_forward(x, self.norm2))
+
+    def _fuses_norm_into_windows(self, x: Tensor) -> bool:
+        attn = self.attn
+        return isinstance(attn, FastWindowAttention) and type(self.norm1) is nn.LayerNorm and attn.stores_less(x)
+
+    def _normed_softmax(self, x: Tensor, grid: tuple[int, int], mask: Tensor | None) -> Tensor:
+        """Windowed softmax attention of norm1(x) with norm1 fused into qkv: x (B, N, C) -> same.
+
+        Per-token maps commute with the shift and the window partition, so qkv is projected before
+        them; padding tokens become zero q, k, v rather than the projection of zero tokens, which
+        only padding queries (cropped) and masked keys (weight e^-100) ever see.
+        """
+        batch, tokens, _ = x.shape
+        qkv = layer_norm_linear(x, self.norm1, self.attn.qkv).view(batch, grid[0], grid[1], -1)  # B H W 3C
+        return self._softmax(qkv, mask, self.attn.attend_projected).reshape(batch, tokens, -1)
 
 
 FAST_LAYERS[SwinBlock] = FastSwinBlock

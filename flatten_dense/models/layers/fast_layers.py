@@ -23,11 +23,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .autograd import depthwise_conv_of_view, focused_linear_attention, gelu_linear, layer_norm_linear
+from .autograd import (
+    depthwise_conv_of_view,
+    focused_linear_attention,
+    gelu_linear,
+    layer_norm_linear,
+    window_softmax_attention,
+)
 from .focused_linear_attention import NORMALISER_EPS, FocusedLinearAttention
 from .focusing import focused_kernel_parts
 from .fused_linear import fused_linear, in_inference, project_output, split_linear
 from .mlp import DepthwiseConvMlp, Mlp
+from .window_attention import WindowAttention
 
 __all__ = [
     "FAST_LAYERS",
@@ -35,6 +42,7 @@ __all__ = [
     "FastDepthwiseConvMlp",
     "FastFocusedLinearAttention",
     "FastMlp",
+    "FastWindowAttention",
     "set_fast_layers",
     "set_recompute_attention",
     "uses_fast_path",
@@ -287,10 +295,38 @@ class FastDepthwiseConvMlp(DepthwiseConvMlp):
         return fused_linear(hidden, self.fc2.weight, self.fc2.bias, residual=x)
 
 
+class FastWindowAttention(WindowAttention):
+    """Swin's windowed softmax attention storing q, k, v and the log-sum-exp in CPU training, not
+    the attention matrix (`autograd/window_attention.py`); `attend_projected` takes q, k, v from a
+    projection the block fused its LayerNorm into."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if not self.stores_less(x):
+            return super().forward(x, mask)
+        return self.attend_projected(self.qkv(x), mask)
+
+    def stores_less(self, x: Tensor) -> bool:
+        """CPU training without autocast; on CUDA, SDPA's memory-efficient kernel stores no matrix
+        either, and under autocast the plain form keeps SDPA's precision rules."""
+        device = x.device.type
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        return uses_fast_path() and _records() and device == "cpu" and not autocast
+
+    def attend_projected(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """qkv (B * nW, N, 3C) windows of the qkv projection -> the block's attention output (B * nW, N, C)."""
+        tokens = qkv.shape[1]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1).to(qkv.dtype)  # h N N
+        mask = None if mask is None else mask.to(qkv.dtype)
+        out = window_softmax_attention(qkv, bias, mask, heads=self.num_heads, scale=self.head_scale)
+        return self.proj_drop(self.proj(out))
+
+
 FAST_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
     FocusedLinearAttention: FastFocusedLinearAttention,
     Mlp: FastMlp,
     DepthwiseConvMlp: FastDepthwiseConvMlp,
+    WindowAttention: FastWindowAttention,
 }
 
 

@@ -1,4 +1,4 @@
-"""Custom autograd functions of the memory-efficient training path (`layers/memory_efficient.py`).
+"""Custom autograd functions of the memory-efficient training path (`layers/fast_layers.py`).
 
 Each function stores the few tensors its backward cannot cheaply rebuild and recomputes the
 elementwise work; each file states the plain equations it computes, and tests/test_autograd_*.py
@@ -10,6 +10,7 @@ from .focused_kernel import FocusedKernel, focused_kernel_recomputed
 from .layer_norm_linear import layer_norm_linear
 from .linear_attention import focused_linear_attention, linear_attention
 from .mlp import gelu_linear
+from .window_attention import window_softmax_attention
 
 __all__ = [
     "FocusedKernel",
@@ -19,4 +20,5 @@ __all__ = [
     "gelu_linear",
     "layer_norm_linear",
     "linear_attention",
+    "window_softmax_attention",
 ]
