@@ -1,10 +1,10 @@
-"""Swin's windowed softmax attention storing q, k, v and the log-sum-exp, not the attention matrix.
+"""Swin's windowed softmax attention storing q, k, v, not the attention matrix.
 
 Plain autograd (SDPA's math path, which a position bias that needs a gradient forces on CPU) keeps
 a scaled copy of q, a transposed copy of k, a copy of v and the softmax P: the (B*nW, h, N, N)
 matrix is as large as q, k and v together for a 7 x 7 window. Here the one (B*nW, N, 3C) qkv
-buffer is stored as it is, with the per-row log-sum-exp; backward rebuilds P with one matmul and
-an exp (flash attention's recomputation, done per window, where it is small).
+buffer is stored as it is; backward rebuilds P with one matmul and a softmax (flash attention's
+recomputation, done per window, where it is small).
 Plain equations, per window and head (q, k, v: N x d; bias: N x N; mask: N x N or 0):
     S = scale q k^T + bias + mask;  P = softmax(S);  O = P v
     dv = P^T dO;  dP = dO v^T;  dS = P * (dP - rowsum(P * dP));  dq = scale dS k;  dk = scale dS^T q
@@ -38,16 +38,13 @@ def _heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class WindowSoftmaxAttention(torch.autograd.Function):
-    """softmax(scale q k^T + bias + mask) v for windows of tokens; saves qkv, bias, mask and the lse."""
+    """softmax(scale q k^T + bias + mask) v for windows of tokens; saves qkv, bias and mask."""
 
     @staticmethod
     def forward(ctx, qkv: Tensor, bias: Tensor, mask: Tensor | None, heads: int, scale: float) -> Tensor:
         q, k, v = _heads(qkv, heads)
-        scores = _scores(q, k, scale, bias, mask)
-        lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # B*nW h N 1
-        probabilities = scores.sub_(lse).exp_()
-        out = torch.matmul(probabilities, v)  # B*nW h N d
-        ctx.save_for_backward(qkv, bias, mask, lse)
+        out = torch.matmul(torch.softmax(_scores(q, k, scale, bias, mask), dim=-1), v)  # B*nW h N d
+        ctx.save_for_backward(qkv, bias, mask)
         ctx.heads, ctx.scale = heads, scale
         windows, tokens, channels3 = qkv.shape
         return out.transpose(1, 2).reshape(windows, tokens, channels3 // 3)
@@ -55,26 +52,25 @@ class WindowSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        qkv, bias, mask, lse = ctx.saved_tensors
+        qkv, bias, mask = ctx.saved_tensors
         heads, scale = ctx.heads, ctx.scale
-        q, k, v = _heads(qkv, heads)
+        q, k, v = (t.contiguous() for t in _heads(qkv, heads))  # each used twice: one copy, not two
         windows, tokens, channels = grad.shape
-        grad_out = grad.view(windows, tokens, heads, channels // heads).transpose(1, 2)  # B*nW h N d
-        probabilities = _scores(q, k, scale, bias, mask).sub_(lse).exp_()  # P, rebuilt
-        grad_v = torch.matmul(probabilities.transpose(-2, -1), grad_out)
-        grad_scores = torch.matmul(grad_out, v.transpose(-2, -1))  # dP
-        row = (probabilities * grad_scores).sum(dim=-1, keepdim=True)
-        grad_scores.sub_(row).mul_(probabilities)  # dS
-        del probabilities
+        grad_out = grad.view(windows, tokens, heads, channels // heads).transpose(1, 2).contiguous()  # B*nW h N d
+        probabilities = torch.softmax(_scores(q, k, scale, bias, mask), dim=-1)  # P, rebuilt
+        grad_qkv = grad.new_empty(windows, tokens, 3, heads, channels // heads)
+        grad_q, grad_k, grad_v = grad_qkv.permute(2, 0, 3, 1, 4).unbind(0)  # views: B*nW h N d
+        grad_v.copy_(torch.matmul(probabilities.transpose(-2, -1), grad_out))
+        grad_p = torch.matmul(grad_out, v.transpose(-2, -1))
+        grad_scores = torch.ops.aten._softmax_backward_data(grad_p, probabilities, -1, probabilities.dtype)  # dS
+        del probabilities, grad_p
         grad_bias = None
         if ctx.needs_input_grad[1]:
             per_image = grad_scores.view(-1, 1 if mask is None else mask.shape[0], heads, tokens, tokens)
             grad_bias = per_image.sum(dim=(0, 1))
-        grad_q = torch.matmul(grad_scores, k).mul_(scale)
-        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q).mul_(scale)
-        grad_qkv = torch.stack([grad_q, grad_k, grad_v], dim=2)  # B*nW h 3 N d
-        grad_qkv = grad_qkv.permute(0, 3, 2, 1, 4).reshape(windows, tokens, 3 * channels)
-        return grad_qkv, grad_bias, None, None, None
+        grad_q.copy_(torch.matmul(grad_scores, k)).mul_(scale)
+        grad_k.copy_(torch.matmul(grad_scores.transpose(-2, -1), q)).mul_(scale)
+        return grad_qkv.view(windows, tokens, 3 * channels), grad_bias, None, None, None
 
 
 def window_softmax_attention(qkv: Tensor, bias: Tensor, mask: Tensor | None, *, heads: int, scale: float) -> Tensor:
