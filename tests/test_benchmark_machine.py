@@ -37,3 +37,10 @@ def test_compare_plain_adds_the_plain_autograd_rows():
     model = build_target("plain:flatten_pvt_t").model
     assert not model.fast_layers
     assert not any(isinstance(m, FastFocusedLinearAttention) for m in model.modules())
+
+
+def test_recompute_target_turns_on_selective_checkpointing():
+    assert display_name("recompute:flatten_swin_t") == "flatten_swin_t@recompute"
+    model = build_target("recompute:flatten_swin_t").model
+    attentions = [m for m in model.modules() if isinstance(m, FastFocusedLinearAttention)]
+    assert model.recompute_attention and attentions and all(m.recompute for m in attentions)

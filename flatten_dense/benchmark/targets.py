@@ -4,6 +4,7 @@ A target is named by a string so that a fresh worker process can rebuild it:
     "flatten_pvt_t"                  a registered FLatten backbone (all four outputs)
     "softmax:flatten_pvt_t"          our PVT with softmax spatial-reduction attention (SSSS, sr 8,4,2,1)
     "plain:flatten_pvt_t"            the same backbone with its plain layers (fast_layers=False)
+    "recompute:flatten_pvt_t"        the backbone with recompute_attention=True (selective checkpointing)
     "torchvision:swin_t"             torchvision's Swin backbone part (`features` + `norm`, weights=None)
     "config:PATH[|key=value|...]"   a detector or segmentor built by `commands.build.build_network`
 """
@@ -83,6 +84,8 @@ def display_name(spec: str) -> str:
         return "tv_" + spec.split(":", 1)[1]
     if spec.startswith("plain:"):
         return spec.split(":", 1)[1] + "@plain_layers"
+    if spec.startswith("recompute:"):
+        return spec.split(":", 1)[1] + "@recompute"
     if spec.startswith("config:"):
         return spec.split(":", 1)[1].split("|", 1)[0].rsplit("/", 1)[-1].removesuffix(".yaml")
     return spec
@@ -134,4 +137,6 @@ def build_target(spec: str) -> Target:
         return Target(fd.create_backbone(name, attn_types="SSSS", sr_ratios=PVT_SOFTMAX_SR_RATIOS))
     if spec.startswith("plain:"):
         return Target(fd.create_backbone(spec.split(":", 1)[1], fast_layers=False))
+    if spec.startswith("recompute:"):
+        return Target(fd.create_backbone(spec.split(":", 1)[1], recompute_attention=True))
     return Target(fd.create_backbone(spec))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from .layers import (
@@ -151,6 +152,8 @@ class FastSwinBlock(SwinBlock):
             return self.mlp.residual_inference(x, self.norm2)
         if self.attn_type == "L" and self.global_linear(grid):  # tokens go straight in: norm1 fused too
             attended = self.attn.normed_forward(x, self.norm1, grid)
+        elif self._fuses_norm_into_windows(x) and self.attn.recompute:  # stores x only
+            attended = checkpoint(self._normed_softmax, x, grid, mask, use_reentrant=False)
         elif self._fuses_norm_into_windows(x):
             attended = self._normed_softmax(x, grid, mask)
         else:

@@ -139,14 +139,18 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
 
         q, k, v stay views into their GEMM outputs, which the attention function stores: the key
         table is added into k's columns of that output, and the DWC stores the v view, not a copy.
-        With `recompute` (selective activation checkpointing) only x is stored: the projections,
-        kernels and DWC run again in backward, one more q/k/v GEMM for 3 N x C floats less.
+        With `recompute` (selective activation checkpointing) only x is stored: projections, kernels,
+        DWC and output projection run again in backward, GEMMs of 4 C x C per token for 4 N x C
+        floats less.
         """
         if self.recompute:
-            attended = checkpoint(self._attend, x, grid, valid, norm, use_reentrant=False)
-        else:
-            attended = self._attend(x, grid, valid, norm)
-        return project_output(self.proj, self.proj_drop, attended, residual)
+            return checkpoint(self._attend_projected, x, grid, valid, residual, norm, use_reentrant=False)
+        return self._attend_projected(x, grid, valid, residual, norm)
+
+    def _attend_projected(
+        self, x: Tensor, grid: tuple[int, int], valid: Tensor | None, residual: Tensor | None, norm: nn.LayerNorm | None
+    ) -> Tensor:
+        return project_output(self.proj, self.proj_drop, self._attend(x, grid, valid, norm), residual)
 
     def _attend(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None, norm: nn.LayerNorm | None) -> Tensor:
         """(norm and) projections, kernels, attention and DWC: x (B, N, C) -> the proj input (B, N, C)."""
@@ -300,6 +304,8 @@ class FastWindowAttention(WindowAttention):
     the attention matrix (`autograd/window_attention.py`); `attend_projected` takes q, k, v from a
     projection the block fused its LayerNorm into."""
 
+    recompute: bool = False  # read by FastSwinBlock; set per model by `set_recompute_attention`
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if not self.stores_less(x):
             return super().forward(x, mask)
@@ -331,14 +337,15 @@ FAST_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
 
 
 def set_recompute_attention(model: nn.Module, enable: bool = True) -> nn.Module:
-    """Selective activation checkpointing for every focused linear attention of `model` (fast path).
+    """Selective activation checkpointing of every attention of `model` (focused linear, and Swin's
+    softmax windows where norm1 is fused into them; fast path).
 
-    Each stores only its input in training and recomputes its projections, kernels and DWC in
-    backward: less memory than storing q, k, v, far less recomputation than `with_cp` (which runs
-    every block's whole forward again). The plain layers ignore the setting. Returns `model`.
+    Each stores only its input in training and runs again in backward, output projection included:
+    far less memory than storing q, k, v, far less recomputation than `with_cp` (which runs every
+    block's whole forward again: the MLPs too). The plain layers ignore the setting. Returns `model`.
     """
     for module in model.modules():
-        if isinstance(module, FocusedLinearAttention):
+        if isinstance(module, (FocusedLinearAttention, WindowAttention)):
             module.recompute = enable
     return model
 
