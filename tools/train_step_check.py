@@ -8,7 +8,9 @@ For each size: the peak resident-set growth (VmHWM, reset through /proc/self/cle
 step and forward times of all models interleaved in one process (one warm-up round, then ROUNDS
 rounds; medians). fp32, batch 1, glibc allocator defaults for every row (no tuning), the thread
 count of --threads. Model specs as in tools/benchmark.py: a zoo name, plain:NAME (fast_layers off),
-softmax:NAME (softmax-SRA PVT), torchvision:swin_t. `tools/benchmark.py` is the full tool (FLOPs,
+recompute:NAME (recompute_attention=True), softmax:NAME (softmax-SRA PVT), torchvision:swin_t.
+The resident-set peak moves by a few percent between identical processes (what the C library keeps
+after frees); --rss-repeats N takes the median of N fresh processes. `tools/benchmark.py` is the full tool (FLOPs,
 live-tensor peaks, GPU, configs); this one measures only what the training targets need.
 """
 
@@ -32,12 +34,16 @@ from flatten_dense.benchmark.targets import build_target, display_name  # noqa: 
 
 DEFAULT_SPECS = [
     "flatten_swin_t",
+    "recompute:flatten_swin_t",
     "plain:flatten_swin_t",
     "torchvision:swin_t",
     "flatten_pvt_t",
+    "recompute:flatten_pvt_t",
     "plain:flatten_pvt_t",
     "softmax:flatten_pvt_t",
 ]
+
+MODES = ("train", "forward")
 
 # One measurement in a fresh process: the peak RSS growth of a training step or a forward.
 CHILD = r"""
@@ -88,6 +94,12 @@ def peak_rss_mib(spec: str, size: int, mode: str, threads: int) -> float | None:
     return float(lines[0].split()[1])
 
 
+def median_peak_rss_mib(spec: str, size: int, mode: str, threads: int, repeats: int) -> float | None:
+    """The median of `repeats` fresh-process peak RSS figures (None if any failed)."""
+    figures = [peak_rss_mib(spec, size, mode, threads) for _ in range(repeats)]
+    return None if None in figures else statistics.median(figures)
+
+
 def train_step(model: torch.nn.Module, images: torch.Tensor) -> None:
     model.train()
     out = model(images)
@@ -125,6 +137,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=DEFAULT_SPECS, help="model specs, as tools/benchmark.py")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rss-repeats", type=int, default=1, help="fresh processes per peak-RSS figure (median)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,7 +146,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         memory = {
-            spec: {mode: peak_rss_mib(spec, size, mode, args.threads) for mode in ("train", "forward")}
+            spec: {mode: median_peak_rss_mib(spec, size, mode, args.threads, args.rss_repeats) for mode in MODES}
             for spec in args.models
         }
         times = interleaved_times(args.models, size, args.rounds)
@@ -147,9 +160,13 @@ def main() -> None:
                     "train_peak_rss_mib": memory[spec]["train"],
                     "forward_peak_rss_mib": memory[spec]["forward"],
                     "rounds": args.rounds,
+                    "rss_repeats": args.rss_repeats,
                 }
             )
-    print(f"\n{describe_machine(machine)}; fp32, batch 1, medians of {args.rounds} interleaved rounds\n")
+    print(
+        f"\n{describe_machine(machine)}; fp32, batch 1, medians of {args.rounds} interleaved rounds"
+        f" and of {args.rss_repeats} fresh process(es) per peak RSS\n"
+    )
     print("| model | size | train step ms | train peak RSS MiB | forward ms | forward peak RSS MiB |")
     print("|---|---|---|---|---|---|")
     for row in rows:
