@@ -9,7 +9,8 @@ RoIAlign, matcher, sampler, box coder, conv-fc box head and mask head/loss:
   1, 0.5, 0.25; each stage has its own mask head, trained on that stage's positive RoIs.
 - Inference: every stage scores the boxes it receives and refines them for the next; the
   detections are the last stage's boxes with the mean of all stages' class probabilities, then
-  per-class NMS. A detection's mask is the mean of every stage's mask probability.
+  per-class NMS. A detection's mask is the mean of every stage's mask probability. Counts are read
+  as `x.shape[0]`, never `len(x)`: the ONNX trace keeps the former as a size, the latter as a constant.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ class CascadeRoIHeads(nn.Module):
         self, stage: int, deltas: Tensor, rois: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> list[Tensor]:
         """Stage `stage`'s boxes: its deltas applied to its input RoIs, clipped to each image."""
-        boxes = self.box_coders[stage].decode_single(deltas, torch.cat(rois)).split([len(r) for r in rois])
+        boxes = self.box_coders[stage].decode_single(deltas, torch.cat(rois)).split([r.shape[0] for r in rois])
         return [clip_boxes_to_image(b, shape) for b, shape in zip(boxes, image_shapes, strict=True)]
 
     def _detect(
@@ -219,7 +220,7 @@ class CascadeRoIHeads(nn.Module):
             logits, deltas = stage.predict_boxes(self.box_roi_pool(features, boxes, image_shapes))
             probabilities.append(F.softmax(logits, dim=-1))  # scores of the boxes this stage was given
             boxes = self._refine(index, deltas, boxes, image_shapes)
-        scores = torch.stack(probabilities).mean(dim=0).split([len(b) for b in boxes])
+        scores = torch.stack(probabilities).mean(dim=0).split([b.shape[0] for b in boxes])
         detections = [self._select(b, s, shape) for b, s, shape in zip(boxes, scores, image_shapes, strict=True)]
         mask_boxes = [d["boxes"] for d in detections]
         mask_features = self.mask_roi_pool(features, mask_boxes, image_shapes)
@@ -227,15 +228,15 @@ class CascadeRoIHeads(nn.Module):
             dim=0
         )
         labels = torch.cat([d["labels"] for d in detections])
-        masks = mask_probabilities[torch.arange(len(labels), device=labels.device), labels][:, None]  # D 1 28 28
-        for detection, image_masks in zip(detections, masks.split([len(b) for b in mask_boxes]), strict=True):
+        masks = mask_probabilities[torch.arange(labels.shape[0], device=labels.device), labels][:, None]  # D 1 28 28
+        for detection, image_masks in zip(detections, masks.split([b.shape[0] for b in mask_boxes]), strict=True):
             detection["masks"] = image_masks
         return detections
 
     def _select(self, boxes: Tensor, scores: Tensor, image_shape: tuple[int, int]) -> dict[str, Tensor]:
         """One image: boxes (R, 4) and class probabilities (R, K + 1) -> detections after per-class NMS."""
         num_labels = scores.shape[1]
-        labels = torch.arange(1, num_labels, device=scores.device).expand(len(boxes), -1)  # R K
+        labels = torch.arange(1, num_labels, device=scores.device).expand(boxes.shape[0], -1)  # R K
         boxes = boxes[:, None].expand(-1, num_labels - 1, -1).reshape(-1, 4)  # the same box for every class
         scores, labels = scores[:, 1:].reshape(-1), labels.reshape(-1)
         keep = torch.where(scores > self.score_thresh)[0]
