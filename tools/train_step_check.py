@@ -100,6 +100,32 @@ def median_peak_rss_mib(spec: str, size: int, mode: str, threads: int, repeats: 
     return None if None in figures else statistics.median(figures)
 
 
+RATIO_KEYS = ("train_ms", "train_peak_rss_mib", "forward_ms", "forward_peak_rss_mib")
+
+
+def baselines(label: str) -> list[str]:
+    """What a FLatten row is compared with: its plain layers, torchvision's Swin, softmax PVT."""
+    name = label.split("@", 1)[0]
+    if not name.startswith("flatten_") or label.endswith("@plain_layers"):
+        return []
+    family = name.removeprefix("flatten_")
+    other = ["tv_swin_" + family.split("_")[1]] if family.startswith("swin_") else [family + "_softmax"]
+    return [name + "@plain_layers", *other]
+
+
+def ratio_rows(rows: list[dict]) -> list[tuple[str, str, int, list[float | None]]]:
+    """(ours, other, size, [ratio per RATIO_KEYS]) for every pair of rows measured at one size."""
+    by_key = {(row["model"], row["size"]): row for row in rows}
+    pairs = []
+    for row in rows:
+        for other in baselines(row["model"]):
+            base = by_key.get((other, row["size"]))
+            if base is not None:
+                ratios = [row[k] / base[k] if row[k] and base[k] else None for k in RATIO_KEYS]
+                pairs.append((row["model"], other, row["size"], ratios))
+    return pairs
+
+
 def train_step(model: torch.nn.Module, images: torch.Tensor) -> None:
     model.train()
     out = model(images)
@@ -174,6 +200,10 @@ def main() -> None:
             f"| {row['model']} | {row['size']} | {row['train_ms']:.0f} | {row['train_peak_rss_mib'] or 0:.0f} "
             f"| {row['forward_ms']:.0f} | {row['forward_peak_rss_mib'] or 0:.0f} |"
         )
+    print("\n| ours / other | size | train time | train peak RSS | forward time | forward peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for ours, other, size, ratios in ratio_rows(rows):
+        print(f"| {ours} / {other} | {size} | " + " | ".join(f"{r:.2f}x" if r else "-" for r in ratios) + " |")
     if args.out is not None:
         args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
 
