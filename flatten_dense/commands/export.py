@@ -26,6 +26,10 @@ __all__ = ["EXPORT_FORMATS", "export", "export_module", "load_export_target"]
 
 EXPORT_FORMATS = ("onnx", "pt2")
 STRIDE = 32
+# onnxscript's graph optimiser is quadratic in the node count (its multi-output rewrite patterns scan
+# the whole graph per node): CSWin-T's 17k-node graph ran over 17 minutes in it. Larger graphs are
+# saved unoptimised; onnxruntime folds constants and fuses when it loads them.
+ONNX_OPTIMIZE_MAX_NODES = 10_000
 
 
 class _ListOutputs(nn.Module):
@@ -93,8 +97,16 @@ def export_module(
             torch.export.save(program, out)
         else:
             onnx_program = torch.onnx.export(
-                module, (example,), dynamo=True, dynamic_shapes=shapes, input_names=["images"], opset_version=18
+                module,
+                (example,),
+                dynamo=True,
+                dynamic_shapes=shapes,
+                input_names=["images"],
+                opset_version=18,
+                optimize=False,
             )
+            if sum(1 for _ in onnx_program.model.graph) <= ONNX_OPTIMIZE_MAX_NODES:
+                onnx_program.optimize()
             onnx_program.save(str(out))
     return out
 
