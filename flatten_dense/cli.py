@@ -120,7 +120,8 @@ def _plot_parser() -> argparse.ArgumentParser:
 def _export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flatten-dense export",
-        description="export a backbone (zoo name) or a config's network with dynamic H x W (multiples of 32)",
+        description="export a backbone (zoo name) or a config's network with dynamic H x W (multiples of 32); "
+        "a detection config: ONNX is the whole detector, pt2 its feature extractor (backbone + FPN)",
     )
     parser.add_argument("target", help="a zoo model name (the backbone) or a YAML config (its network)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
