@@ -131,7 +131,7 @@ def export_detector_onnx(
     """
     import onnx
 
-    from flatten_dense.commands.export import export_module
+    from flatten_dense.commands.export_graph import export_module
 
     names = feature_names(detector, (backbone_sizes[0], backbone_sizes[0]))
     outputs = output_names(detector)
