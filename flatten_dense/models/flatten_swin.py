@@ -152,10 +152,11 @@ class FastSwinBlock(SwinBlock):
             return self.mlp.residual_inference(x, self.norm2)
         if self.attn_type == "L" and self.global_linear(grid):  # tokens go straight in: norm1 fused too
             attended = self.attn.normed_forward(x, self.norm1, grid)
-        elif self._fuses_norm_into_windows(x) and self.attn.recompute:  # stores x only
-            attended = checkpoint(self._normed_softmax, x, grid, mask, use_reentrant=False)
         elif self._fuses_norm_into_windows(x):
-            attended = self._normed_softmax(x, grid, mask)
+            if self.attn.recompute:  # stores x only
+                attended = checkpoint(self._normed_softmax, x, grid, mask, use_reentrant=False)
+            else:
+                attended = self._normed_softmax(x, grid, mask)
         else:
             attended = self.attend(self.norm1(x), grid, mask)
         x = x + self.drop_path(attended)
