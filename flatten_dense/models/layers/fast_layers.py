@@ -300,9 +300,9 @@ class FastDepthwiseConvMlp(DepthwiseConvMlp):
 
 
 class FastWindowAttention(WindowAttention):
-    """Swin's windowed softmax attention storing q, k, v and the log-sum-exp in CPU training, not
-    the attention matrix (`autograd/window_attention.py`); `attend_projected` takes q, k, v from a
-    projection the block fused its LayerNorm into."""
+    """Swin's windowed softmax attention storing q, k, v in CPU training, not the attention matrix
+    (`autograd/window_attention.py`); `attend_projected` takes q, k, v from a projection the block
+    fused its LayerNorm into."""
 
     recompute: bool = False  # read by FastSwinBlock; set per model by `set_recompute_attention`
 
@@ -320,9 +320,7 @@ class FastWindowAttention(WindowAttention):
 
     def attend_projected(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
         """qkv (B * nW, N, 3C) windows of the qkv projection -> the block's attention output (B * nW, N, C)."""
-        tokens = qkv.shape[1]
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1).to(qkv.dtype)  # h N N
+        bias = self.position_bias(qkv.shape[1]).to(qkv.dtype)  # h N N
         mask = None if mask is None else mask.to(qkv.dtype)
         out = window_softmax_attention(qkv, bias, mask, heads=self.num_heads, scale=self.head_scale)
         return self.proj_drop(self.proj(out))

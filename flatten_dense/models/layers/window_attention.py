@@ -148,13 +148,17 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def position_bias(self, tokens: int) -> Tensor:
+        """(h, N, N) relative position bias of a window of N tokens, from the learned table."""
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(tokens, tokens, -1).permute(2, 0, 1)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (B * nW, N, C) windows of window*window tokens; mask: (nW, N, N) additive or None."""
         batch_windows, tokens, channels = x.shape
         qkv = self.qkv(x).reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each Bw h N d
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)  # 1 h N N
+        bias = self.position_bias(tokens).unsqueeze(0)  # 1 h N N
         if mask is not None:
             num_windows = mask.shape[0]
             bias = (bias.unsqueeze(1) + mask.to(bias.dtype)[None, :, None]).reshape(-1, self.num_heads, tokens, tokens)
