@@ -44,3 +44,19 @@ def test_autocast_bf16_matches_plain():
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_token_chunks_give_the_same_result(monkeypatch):
+    """Rows split over several chunks (and a ragged last one) compute what one chunk does."""
+    from flatten_dense.models.layers.autograd import mlp
+
+    inputs = _inputs()
+    grad = torch.randn(2, 5, 4, dtype=torch.float64)
+    whole = gelu_linear(*inputs)
+    whole_grads = torch.autograd.grad(whole, inputs, grad)
+    monkeypatch.setattr(mlp, "CHUNK_ELEMENTS", 3 * 8)  # 3 rows of 8 per chunk: 10 rows -> 3, 3, 3, 1
+    assert mlp._chunk_rows(8) == 3
+    chunked = gelu_linear(*inputs)
+    torch.testing.assert_close(chunked, whole, rtol=1e-14, atol=1e-14)
+    for a, b in zip(torch.autograd.grad(chunked, inputs, grad), whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -120,11 +120,13 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
                 out[..., key_start : key_start + channels] += offset
             return out
 
+        # unbind, not slicing: backward stacks the pieces' gradients into one buffer, where each
+        # slice's backward would zero a whole (B, N, 3C) buffer and autograd would add them up.
         if self.fused_qkv:
-            qkv = project(self.qkv, key_offset)
-            return qkv[..., :channels], qkv[..., channels : 2 * channels], qkv[..., 2 * channels :]
-        kv = project(self.kv, key_offset)
-        return project(self.q), kv[..., :channels], kv[..., channels:]
+            q, k, v = project(self.qkv, key_offset).unflatten(-1, (3, channels)).unbind(-2)
+            return q, k, v
+        k, v = project(self.kv, key_offset).unflatten(-1, (2, channels)).unbind(-2)
+        return project(self.q), k, v
 
     def _training_forward(
         self,

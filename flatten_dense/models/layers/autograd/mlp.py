@@ -1,7 +1,13 @@
-"""fc2(GELU(h)) storing h only: the GELU output (the widest tensor of a block) is rebuilt in backward.
+"""fc2(GELU(h)) storing h only, in token chunks: no hidden-width buffer is ever made whole.
 
 Plain autograd keeps both h (for GELU's backward) and GELU(h) (for fc2's weight gradient); the
 hidden width is 4-8 x C, so this saves the largest activation of every MLP for one extra GELU.
+Forward and backward also run over chunks of tokens: GELU(h), its gradient and fc2's input
+gradient exist one chunk at a time (a few MiB the allocator reuses), never as N x 4C tensors
+(96 MiB each in Swin-T's first stage at 1024 x 1024) that the allocator maps fresh and the kernel
+zeroes page by page, the cost that dominated the plain backward on CPU.
+Plain equations, per chunk of rows (h_c, g_c):
+    out_c = GELU(h_c) W^T + b;  dW = sum_c g_c^T GELU(h_c);  db = sum(g);  dh_c = GELU'(h_c) * (g_c W)
 """
 
 from __future__ import annotations
@@ -11,7 +17,20 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["GeluLinear", "gelu_linear"]
+__all__ = ["CHUNK_ELEMENTS", "GeluLinear", "gelu_linear"]
+
+CHUNK_ELEMENTS = 1 << 20  # hidden elements per chunk (4 MiB in float32): fits the allocator's reuse
+
+
+def _chunk_rows(width: int) -> int:
+    return max(1, CHUNK_ELEMENTS // width)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The GEMM's dtype under autocast (bf16/fp16) or the input's: backward runs its GEMMs in it too."""
+    device = x.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return torch.get_autocast_dtype(device) if autocast else x.dtype
 
 
 class GeluLinear(torch.autograd.Function):
@@ -21,28 +40,47 @@ class GeluLinear(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(hidden, weight)
         ctx.has_bias = bias is not None
-        # The GEMM's dtype under autocast (bf16/fp16) or the input's: backward runs its GEMMs in it too.
-        device = hidden.device.type
-        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-        ctx.compute_dtype = torch.get_autocast_dtype(device) if autocast else hidden.dtype
-        return F.linear(F.gelu(hidden), weight, bias)
+        ctx.compute_dtype = dtype = _compute_dtype(hidden)
+        width = hidden.shape[-1]
+        rows = hidden.reshape(-1, width)
+        weight_t = weight.to(dtype).t()
+        bias = None if bias is None else bias.to(dtype)
+        out = rows.new_empty(rows.shape[0], weight.shape[0], dtype=dtype)
+        step = _chunk_rows(width)
+        for start in range(0, rows.shape[0], step):
+            activation = F.gelu(rows[start : start + step]).to(dtype)
+            target = out[start : start + step]
+            if bias is None:
+                torch.mm(activation, weight_t, out=target)
+            else:
+                torch.addmm(bias, activation, weight_t, out=target)
+        return out.view(*hidden.shape[:-1], weight.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         hidden, weight = ctx.saved_tensors
         dtype = ctx.compute_dtype
-        grad = grad.to(dtype)
-        grad_2d = grad.reshape(-1, grad.shape[-1])
-        grad_hidden = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_act = grad @ weight.to(dtype)  # (..., hidden)
-            grad_hidden = torch.ops.aten.gelu_backward(grad_act.to(hidden.dtype), hidden)
-        if ctx.needs_input_grad[1]:
-            activation = F.gelu(hidden).to(dtype)  # recomputed
-            grad_weight = (grad_2d.t() @ activation.reshape(-1, activation.shape[-1])).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_2d.sum(dim=0).to(weight.dtype)
+        width = hidden.shape[-1]
+        rows = hidden.reshape(-1, width)
+        grad_rows = grad.to(dtype).reshape(-1, grad.shape[-1])
+        weight_c = weight.to(dtype)
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(rows) if need_hidden else None
+        grad_weight = weight_c.new_zeros(weight.shape) if need_weight else None
+        step = _chunk_rows(width)
+        for start in range(0, rows.shape[0], step):
+            chunk, grad_chunk = rows[start : start + step], grad_rows[start : start + step]
+            if need_weight:
+                grad_weight.addmm_(grad_chunk.t(), F.gelu(chunk).to(dtype))  # GELU(h_c), recomputed
+            if need_hidden:
+                grad_act = (grad_chunk @ weight_c).to(hidden.dtype)
+                torch.ops.aten.gelu_backward.grad_input(grad_act, chunk, grad_input=grad_hidden[start : start + step])
+        grad_bias = grad_rows.sum(dim=0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.view(hidden.shape)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, grad_bias
 
 
