@@ -28,6 +28,7 @@ from .autograd import (
     focused_linear_attention,
     gelu_linear,
     layer_norm_linear,
+    layer_norm_mlp,
     window_softmax_attention,
 )
 from .focused_linear_attention import NORMALISER_EPS, FocusedLinearAttention
@@ -251,10 +252,10 @@ class FastMlp(Mlp):
         return self.drop(gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias))  # drop: off here (identity)
 
     def normed_forward(self, x: Tensor, norm: nn.Module, grid: tuple[int, int] | None = None) -> Tensor:
-        """mlp(norm(x)); in training the LayerNorm is fused into fc1, which stores x, not norm(x)."""
+        """mlp(norm(x)); in training one chunked function (`autograd/layer_norm_mlp.py`) storing x and h."""
         if not (_fuses_norm(self, norm)):
             return self(norm(x), grid)
-        return self.drop(gelu_linear(layer_norm_linear(x, norm, self.fc1), self.fc2.weight, self.fc2.bias))
+        return self.drop(layer_norm_mlp(x, norm, self.fc1, self.fc2))  # drop: off here (identity)
 
     def residual_inference(self, x: Tensor, norm: nn.Module, grid: tuple[int, int] | None = None) -> Tensor:
         """x + mlp(norm(x)) without autograd, in token chunks. x: (B, N, C) -> (B, N, C).

@@ -8,6 +8,7 @@ check its gradients against plain autograd of those equations in float64.
 from .depthwise_conv import depthwise_conv_of_view
 from .focused_kernel import FocusedKernel, focused_kernel_recomputed
 from .layer_norm_linear import layer_norm_linear
+from .layer_norm_mlp import layer_norm_mlp
 from .linear_attention import focused_linear_attention, linear_attention
 from .mlp import gelu_linear
 from .window_attention import window_softmax_attention
@@ -19,6 +20,7 @@ __all__ = [
     "focused_linear_attention",
     "gelu_linear",
     "layer_norm_linear",
+    "layer_norm_mlp",
     "linear_attention",
     "window_softmax_attention",
 ]

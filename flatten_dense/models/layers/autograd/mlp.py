@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["CHUNK_ELEMENTS", "GeluLinear", "gelu_linear"]
+__all__ = ["CHUNK_ELEMENTS", "GeluLinear", "chunk_rows", "gelu_linear"]
 
 CHUNK_ELEMENTS = 1 << 20  # hidden elements per chunk (4 MiB in float32): fits the allocator's reuse
 
 
-def _chunk_rows(width: int) -> int:
+def chunk_rows(width: int) -> int:
+    """Rows per chunk for a hidden width of `width` values."""
     return max(1, CHUNK_ELEMENTS // width)
 
 
@@ -46,7 +47,7 @@ class GeluLinear(torch.autograd.Function):
         weight_t = weight.to(dtype).t()
         bias = None if bias is None else bias.to(dtype)
         out = rows.new_empty(rows.shape[0], weight.shape[0], dtype=dtype)
-        step = _chunk_rows(width)
+        step = chunk_rows(width)
         for start in range(0, rows.shape[0], step):
             activation = F.gelu(rows[start : start + step]).to(dtype)
             target = out[start : start + step]
@@ -68,7 +69,7 @@ class GeluLinear(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(rows) if need_hidden else None
         grad_weight = weight_c.new_zeros(weight.shape) if need_weight else None
-        step = _chunk_rows(width)
+        step = chunk_rows(width)
         for start in range(0, rows.shape[0], step):
             chunk, grad_chunk = rows[start : start + step], grad_rows[start : start + step]
             if need_weight:
