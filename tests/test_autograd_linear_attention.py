@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from flatten_dense.models.layers.autograd import focused_linear_attention, linear_attention
+from flatten_dense.models.layers.autograd import focused_linear_attention, linear_attention, mlp
 from flatten_dense.models.layers.autograd.linear_attention import plain_focused_linear_attention
 from flatten_dense.models.layers.focused_linear_attention import linear_attention_heads
 
@@ -43,8 +43,21 @@ def test_focused_linear_attention_with_padding_gradcheck():
     assert gradcheck(lambda *t: focused_linear_attention(*t, 2, 3.0, keep, num_valid), (q, k, v, scale))
 
 
+def test_focused_linear_attention_in_token_chunks_gradcheck(monkeypatch):
+    monkeypatch.setattr(mlp, "CHUNK_ELEMENTS", 4 * 6)  # 6 tokens of 6 channels: chunks of 4 and 2
+    q, k, v, scale = _projections(seed=5)
+    keep = torch.ones(2, 6, 1, dtype=torch.float64)
+    keep[0, 3:] = 0  # padding across the chunk border
+    num_valid = keep.sum(dim=1).reshape(2, 1, 1, 1)
+    assert gradcheck(lambda *t: focused_linear_attention(*t, 2, 3.0, keep, num_valid), (q, k, v, scale))
+
+
+@pytest.mark.parametrize("chunk_tokens", [None, 1, 4])
 @pytest.mark.parametrize("padded", [False, True])
-def test_focused_linear_attention_equals_plain_autograd(padded):
+def test_focused_linear_attention_equals_plain_autograd(monkeypatch, padded, chunk_tokens):
+    """In one token chunk and in several (4 + 4 + 1: a ragged last one; 1 token each)."""
+    if chunk_tokens is not None:
+        monkeypatch.setattr(mlp, "CHUNK_ELEMENTS", chunk_tokens * 8)
     q, k, v, scale = _projections(seed=8, tokens=9, channels=8)
     keep = num_valid = None
     if padded:

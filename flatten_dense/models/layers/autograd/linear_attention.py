@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from ..focusing import focused_kernel
 from .focused_kernel import focused_kernel_vjp, focused_kernel_without_grad
+from .mlp import chunk_rows
 
 __all__ = [
     "FocusedLinearAttentionFunction",
@@ -85,69 +86,114 @@ def _heads(x: Tensor, heads: int) -> Tensor:
 
 
 def _kernels(
-    q: Tensor,
+    q: Tensor | None,
     k: Tensor,
     v: Tensor,
     scale: Tensor,
     focusing_factor: float,
     keep: Tensor | None,
-    kernel: Callable[[Tensor, Tensor, float], Tensor] = focused_kernel,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """phi(q), phi(k) and v, with padded keys/values (keep == 0) zeroed. All (B, N, C).
+    kernel: Callable[[Tensor, Tensor, float], Tensor] = focused_kernel_without_grad,
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """phi(q) (None for q None), phi(k) and v, with padded keys/values (keep == 0) zeroed. All (B, N, C).
 
-    `kernel=focused_kernel_without_grad` (inside a Function, where autograd is off) builds each
-    kernel in one fresh buffer."""
-    q_phi = kernel(q, scale, focusing_factor)
+    The default kernel (for inside a Function, where autograd is off) builds each in one fresh
+    buffer; the plain reference passes `focused_kernel`."""
+    q_phi = None if q is None else kernel(q, scale, focusing_factor)
     k_phi = kernel(k, scale, focusing_factor)
     if keep is not None:
         k_phi, v = k_phi * keep, v * keep
     return q_phi, k_phi, v
 
 
+def _token_chunks(tokens: int, channels: int) -> list[slice]:
+    """Token ranges of about `mlp.CHUNK_ELEMENTS` values each (chunk_rows reads the module's constant)."""
+    step = chunk_rows(channels)
+    return [slice(start, start + step) for start in range(0, tokens, step)]
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """(B, h, T, d) per-head rows -> (B, T, C), heads side by side."""
+    batch, heads, tokens, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+
+
 class FocusedLinearAttentionFunction(torch.autograd.Function):
     """phi(q) (phi(k)^T v / n) / (phi(q) . mean phi(k) + eps) from raw projections q, k, v (B, N, C).
 
     Saves q, k, v (the projections), kv, m and z; phi(q), phi(k) are rebuilt in backward, and the
-    kernel chain's gradient is written out (`focused_kernel_vjp`) instead of taped again.
+    kernel chain's gradient is written out (`focused_kernel_vjp`) instead of taped again. Both
+    directions walk the tokens in chunks (the products are sums over tokens, the rest is row-wise):
+    every kernel, product and gradient temporary is one small chunk the allocator reuses, and the
+    only N x C buffers made are the output and the three input gradients.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, scale, heads, focusing_factor, keep, num_valid):
-        q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep, focused_kernel_without_grad)
-        out, kv, k_mean, z = _forward(_heads(q_phi, heads), _heads(k_phi, heads), _heads(v_kept, heads), num_valid)
+        batch, tokens, channels = q.shape
+        head_dim = channels // heads
+        chunks = _token_chunks(tokens, channels)
+        kv = q.new_zeros(batch, heads, head_dim, head_dim)
+        k_sum = q.new_zeros(batch, heads, 1, head_dim)
+        for part in chunks:  # pass 1: kv = sum phi(k)^T v, m = sum phi(k)
+            keep_c = None if keep is None else keep[:, part]
+            _, k_phi, v_c = _kernels(None, k[:, part], v[:, part], scale, focusing_factor, keep_c)
+            k_heads = _heads(k_phi, heads)
+            kv.add_(k_heads.transpose(-2, -1) @ _heads(v_c, heads))
+            k_sum.add_(k_heads.sum(dim=2, keepdim=True))
+        kv.div_(num_valid)
+        k_mean = k_sum.div_(num_valid)
+        out = q.new_empty(batch, tokens, channels)
+        z = q.new_empty(batch, heads, tokens, 1)
+        for part in chunks:  # pass 2: out = (phi(q) kv) z, z = 1 / (phi(q) . m + eps)
+            q_heads = _heads(focused_kernel_without_grad(q[:, part], scale, focusing_factor), heads)
+            z_c = (q_heads @ k_mean.transpose(-2, -1)).add_(NORMALISER_EPS).reciprocal_()
+            z[:, :, part] = z_c
+            out[:, part] = _tokens((q_heads @ kv).mul_(z_c))
         num_tensor = num_valid if isinstance(num_valid, Tensor) else None
         ctx.save_for_backward(q, k, v, scale, keep, kv, k_mean, z, num_tensor)
         ctx.num_valid = None if num_tensor is not None else num_valid
         ctx.heads, ctx.focusing_factor = heads, focusing_factor
-        batch, tokens, channels = q.shape
-        return out.transpose(1, 2).reshape(batch, tokens, channels)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        """The module docstring's equations, per chunk: the q side first (it gives d kv and d m,
+        sums over all tokens), then the k, v side."""
         q, k, v, scale, keep, kv, k_mean, z, num_tensor = ctx.saved_tensors
         num_valid = num_tensor if num_tensor is not None else ctx.num_valid
         heads, focusing_factor = ctx.heads, ctx.focusing_factor
-        q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep, focused_kernel_without_grad)
-        grads = _backward(
-            _heads(grad.contiguous(), heads),
-            _heads(q_phi, heads),
-            _heads(k_phi, heads),
-            _heads(v_kept, heads),
-            kv,
-            k_mean,
-            z,
-            num_valid,
-        )
-        del q_phi, k_phi, v_kept
         batch, tokens, channels = q.shape
-        grad_q_phi, grad_k_phi, grad_v = (g.transpose(1, 2).reshape(batch, tokens, channels) for g in grads)
-        if keep is not None:  # phi(k) * keep and v * keep
-            grad_k_phi, grad_v = grad_k_phi * keep, grad_v * keep
-        grad_q, grad_scale_q = focused_kernel_vjp(q, scale, focusing_factor, grad_q_phi)
-        del grad_q_phi
-        grad_k, grad_scale_k = focused_kernel_vjp(k, scale, focusing_factor, grad_k_phi)
-        return grad_q, grad_k, grad_v, grad_scale_q + grad_scale_k, None, None, None, None
+        head_dim = channels // heads
+        chunks = _token_chunks(tokens, channels)
+        grad_q, grad_k, grad_v = (torch.empty_like(q) for _ in range(3))
+        grad_scale = torch.zeros_like(scale)
+        d_kv = q.new_zeros(batch, heads, head_dim, head_dim)
+        d_mean = q.new_zeros(batch, heads, 1, head_dim)
+        for part in chunks:
+            q_c = q[:, part]
+            q_heads = _heads(focused_kernel_without_grad(q_c, scale, focusing_factor), heads)
+            g = _heads(grad[:, part].contiguous(), heads)
+            z_c = z[:, :, part]
+            g_kv = g @ kv.transpose(-2, -1)  # G = g kv^T: B h T d
+            d_s = (g_kv * q_heads).sum(dim=-1, keepdim=True).mul_(z_c).mul_(z_c).neg_()  # B h T 1
+            grad_q_phi = torch.addcmul(g_kv.mul_(z_c), d_s, k_mean)  # z G + ds m
+            d_kv.add_(q_heads.transpose(-2, -1) @ (g * z_c))
+            d_mean.add_(d_s.transpose(-2, -1) @ q_heads)
+            grad_q[:, part], grad_scale_c = focused_kernel_vjp(q_c, scale, focusing_factor, _tokens(grad_q_phi))
+            grad_scale += grad_scale_c
+        for part in chunks:
+            keep_c = None if keep is None else keep[:, part]
+            k_c = k[:, part]
+            _, k_phi, v_c = _kernels(None, k_c, v[:, part], scale, focusing_factor, keep_c)
+            grad_k_phi = _tokens((_heads(v_c, heads) @ d_kv.transpose(-2, -1)).add_(d_mean).div_(num_valid))
+            grad_v_c = _tokens((_heads(k_phi, heads) @ d_kv).div_(num_valid))
+            if keep_c is not None:  # phi(k) * keep and v * keep
+                grad_k_phi, grad_v_c = grad_k_phi * keep_c, grad_v_c * keep_c
+            grad_k[:, part], grad_scale_c = focused_kernel_vjp(k_c, scale, focusing_factor, grad_k_phi)
+            grad_v[:, part] = grad_v_c
+            grad_scale += grad_scale_c
+        return grad_q, grad_k, grad_v, grad_scale, None, None, None, None
 
 
 def focused_linear_attention(
@@ -177,6 +223,6 @@ def plain_focused_linear_attention(q, k, v, scale, heads: int, focusing_factor: 
     from ..focused_linear_attention import linear_attention_heads
 
     num_valid = float(q.shape[1]) if num_valid is None else num_valid
-    q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep)
+    q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep, focused_kernel)
     out = linear_attention_heads(_heads(q_phi, heads), _heads(k_phi, heads), _heads(v_kept, heads), num_valid)
     return out.transpose(1, 2).reshape(q.shape)
