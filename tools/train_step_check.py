@@ -6,18 +6,22 @@
 For each size: the peak resident-set growth (VmHWM, reset through /proc/self/clear_refs after a
 64 x 64 warm-up) of one training step and of one forward in a fresh process per model; then the
 step and forward times of all models interleaved in one process (one warm-up round, then ROUNDS
-rounds; medians). fp32, batch 1, glibc allocator defaults for every row (no tuning), the thread
-count of --threads. Model specs as in tools/benchmark.py: a zoo name, plain:NAME (fast_layers off),
-recompute:NAME (recompute_attention=True), softmax:NAME (softmax-SRA PVT), torchvision:swin_t.
+rounds; medians), with each training step's system time and fresh pages (minor faults: on a VM
+the first touch of freshly mapped memory is a large share of a step) and the rounds' CPU steal.
+fp32, batch 1, glibc allocator defaults for every row (no tuning), the thread count of --threads.
+Model specs as in tools/benchmark.py: a zoo name, plain:NAME (fast_layers off), recompute:NAME
+(recompute_attention=True), softmax:NAME (softmax-SRA PVT), torchvision:swin_t.
 The resident-set peak moves by a few percent between identical processes (what the C library keeps
-after frees); --rss-repeats N takes the median of N fresh processes. `tools/benchmark.py` is the full tool (FLOPs,
-live-tensor peaks, GPU, configs); this one measures only what the training targets need.
+after frees); --rss-repeats N takes the median of N fresh processes. `tools/benchmark.py` is the
+full tool (FLOPs, live-tensor peaks, GPU, configs); this one measures only what the training
+targets need.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -140,19 +144,43 @@ def forward(model: torch.nn.Module, images: torch.Tensor) -> None:
         model(images)
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the whole machine from /proc/stat; None where there is none."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[7] if len(fields) > 7 else 0, sum(fields)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to other guests in between (a VM's noise source)."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def interleaved_times(specs: list[str], size: int, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """Milliseconds per call, all models in turn in each round (a warm-up round first, not kept)."""
+    """Per call: milliseconds, and for training steps the system time (kernel work, mostly first
+    touches of freshly mapped pages) and the MiB of pages first touched (minor faults x 4 KiB).
+    All models in turn in each round; a warm-up round first, not kept."""
     models = {spec: build_target(spec).model for spec in specs}
     images = torch.randn(1, 3, size, size)
-    times = {spec: {"train_ms": [], "forward_ms": []} for spec in specs}
+    keys = ("train_ms", "forward_ms", "train_system_ms", "train_faulted_mib")
+    times = {spec: {key: [] for key in keys} for spec in specs}
     for round_index in range(rounds + 1):
         for spec, model in models.items():
             for key, call in (("train_ms", train_step), ("forward_ms", forward)):
+                usage = resource.getrusage(resource.RUSAGE_SELF)
                 start = time.perf_counter()
                 call(model, images)
                 elapsed = (time.perf_counter() - start) * 1e3
+                after = resource.getrusage(resource.RUSAGE_SELF)
                 if round_index:
                     times[spec][key].append(elapsed)
+                    if key == "train_ms":
+                        times[spec]["train_system_ms"].append((after.ru_stime - usage.ru_stime) * 1e3)
+                        times[spec]["train_faulted_mib"].append((after.ru_minflt - usage.ru_minflt) * 4 / 1024)
                 print(f"  size {size} round {round_index} {display_name(spec)} {key} {elapsed:.0f}", flush=True)
     return times
 
@@ -175,7 +203,9 @@ def main() -> None:
             spec: {mode: median_peak_rss_mib(spec, size, mode, args.threads, args.rss_repeats) for mode in MODES}
             for spec in args.models
         }
+        ticks = cpu_ticks()
         times = interleaved_times(args.models, size, args.rounds)
+        steal = steal_share(ticks, cpu_ticks())
         for spec in args.models:
             rows.append(
                 {
@@ -185,6 +215,9 @@ def main() -> None:
                     "forward_ms": statistics.median(times[spec]["forward_ms"]),
                     "train_peak_rss_mib": memory[spec]["train"],
                     "forward_peak_rss_mib": memory[spec]["forward"],
+                    "train_system_ms": statistics.median(times[spec]["train_system_ms"]),
+                    "train_faulted_mib": statistics.median(times[spec]["train_faulted_mib"]),
+                    "cpu_steal": steal,
                     "rounds": args.rounds,
                     "rss_repeats": args.rss_repeats,
                 }
@@ -193,13 +226,21 @@ def main() -> None:
         f"\n{describe_machine(machine)}; fp32, batch 1, medians of {args.rounds} interleaved rounds"
         f" and of {args.rss_repeats} fresh process(es) per peak RSS\n"
     )
-    print("| model | size | train step ms | train peak RSS MiB | forward ms | forward peak RSS MiB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | size | train step ms | train peak RSS MiB | forward ms | forward peak RSS MiB"
+        " | train system ms | train fresh pages MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['model']} | {row['size']} | {row['train_ms']:.0f} | {row['train_peak_rss_mib'] or 0:.0f} "
-            f"| {row['forward_ms']:.0f} | {row['forward_peak_rss_mib'] or 0:.0f} |"
+            f"| {row['forward_ms']:.0f} | {row['forward_peak_rss_mib'] or 0:.0f} "
+            f"| {row['train_system_ms']:.0f} | {row['train_faulted_mib']:.0f} |"
         )
+    for size in args.sizes:
+        steal = next(row["cpu_steal"] for row in rows if row["size"] == size)
+        if steal is not None:
+            print(f"size {size}: CPU steal (time given to other guests) {100 * steal:.1f}% during the timed rounds")
     print("\n| ours / other | size | train time | train peak RSS | forward time | forward peak RSS |")
     print("|---|---|---|---|---|---|")
     for ours, other, size, ratios in ratio_rows(rows):
