@@ -3,8 +3,8 @@
 A transformer block's MLP, the widest part of it (hidden width 4-8 x C). Plain autograd keeps x,
 LayerNorm(x), h and GELU(h), and its backward builds the hidden-width gradients GELU'(h) * (g W2)
 as whole N x 4C tensors: at 1024 x 1024 each is 96 MiB in Swin-T's first stage, which glibc maps
-fresh for every call and the kernel zeroes page by page (on the 2-core test machine that page
-work was a fifth of the step). Here forward and backward walk the rows in chunks of
+fresh for every call and the kernel zeroes page by page (on the 2-core test VM that page work
+took up to 2 s of system time in a 5 s PVT-T step). Here forward and backward walk the rows in chunks of
 `mlp.CHUNK_ELEMENTS` hidden values: the normalised tokens, GELU(h) and every hidden-width gradient
 live one small chunk at a time, which the allocator reuses; h is the one hidden-width tensor.
 Plain equations, per chunk of rows (x_c, g_c):
