@@ -8,6 +8,7 @@ import torch
 
 import flatten_dense as fd
 from flatten_dense.models.layers import FocusedLinearAttention, Mlp
+from flatten_dense.models.layers.autograd import mlp as mlp_function
 from flatten_dense.models.layers.fast_layers import (
     FastFocusedLinearAttention,
     FastMlp,
@@ -50,7 +51,12 @@ def _grads(model, images):
     ],
 )
 @pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recomputed"])
-def test_gradients_equal_plain_autograd(name, size, kwargs, recompute):
+@pytest.mark.parametrize("chunk_elements", [None, 1000], ids=["one_chunk", "token_chunks"])
+def test_gradients_equal_plain_autograd(monkeypatch, name, size, kwargs, recompute, chunk_elements):
+    """`token_chunks`: every MLP and attention of these small models runs over many token chunks,
+    as the real ones do at detection sizes (about 1M values per chunk)."""
+    if chunk_elements is not None:
+        monkeypatch.setattr(mlp_function, "CHUNK_ELEMENTS", chunk_elements)
     fast, plain = _pair(name, **kwargs)
     fast.set_recompute_attention(recompute)
     assert any(isinstance(m, FastFocusedLinearAttention) for m in fast.modules())
