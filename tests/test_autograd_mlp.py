@@ -55,7 +55,7 @@ def test_token_chunks_give_the_same_result(monkeypatch):
     whole = gelu_linear(*inputs)
     whole_grads = torch.autograd.grad(whole, inputs, grad)
     monkeypatch.setattr(mlp, "CHUNK_ELEMENTS", 3 * 8)  # 3 rows of 8 per chunk: 10 rows -> 3, 3, 3, 1
-    assert mlp.chunk_rows(8) == 3
+    assert [(p.start, p.stop) for p in mlp.row_chunks(10, 8)] == [(0, 3), (3, 6), (6, 9), (9, 12)]
     chunked = gelu_linear(*inputs)
     torch.testing.assert_close(chunked, whole, rtol=1e-14, atol=1e-14)
     for a, b in zip(torch.autograd.grad(chunked, inputs, grad), whole_grads, strict=True):

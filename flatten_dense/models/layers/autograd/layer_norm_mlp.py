@@ -21,14 +21,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .layer_norm_linear import _compute_dtype
-from .mlp import chunk_rows
+from .mlp import linear_into, row_chunks
 
 __all__ = ["LayerNormMlp", "layer_norm_mlp"]
-
-
-def _chunks(rows: int, width: int) -> list[slice]:
-    step = chunk_rows(width)
-    return [slice(start, start + step) for start in range(0, rows, step)]
 
 
 def _rebuilt_norm(x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor | None, beta: Tensor | None) -> Tensor:
@@ -52,13 +47,13 @@ class LayerNormMlp(torch.autograd.Function):
         w1_t, w2_t = fc1_weight.to(dtype).t(), fc2_weight.to(dtype).t()
         b1 = None if fc1_bias is None else fc1_bias.to(dtype)
         b2 = None if fc2_bias is None else fc2_bias.to(dtype)
-        for rows_c in _chunks(rows.shape[0], width):
+        for rows_c in row_chunks(rows.shape[0], width):
             with torch.autocast(device_type=x.device.type, enabled=False):
                 normed, mean[rows_c], rstd[rows_c] = torch.ops.aten.native_layer_norm(
                     rows[rows_c], [channels], gamma, beta, eps
                 )
-            _linear_into(hidden[rows_c], normed.to(dtype), w1_t, b1)
-            _linear_into(out[rows_c], F.gelu(hidden[rows_c]), w2_t, b2)
+            linear_into(hidden[rows_c], normed.to(dtype), w1_t, b1)
+            linear_into(out[rows_c], F.gelu(hidden[rows_c]), w2_t, b2)
         ctx.save_for_backward(x, gamma, beta, mean, rstd, hidden, fc1_weight, fc2_weight)
         ctx.has_bias = (fc1_bias is not None, fc2_bias is not None)
         return out.view(*x.shape[:-1], fc2_weight.shape[0])
@@ -78,7 +73,7 @@ class LayerNormMlp(torch.autograd.Function):
         grad_gamma = None if gamma is None else torch.zeros_like(gamma)
         grad_beta = None if beta is None else torch.zeros_like(beta)
         mask = [True, gamma is not None, beta is not None]
-        for rows_c in _chunks(rows.shape[0], width):
+        for rows_c in row_chunks(rows.shape[0], width):
             h, g = hidden[rows_c], grad_rows[rows_c]
             grad_w2.addmm_(g.t(), F.gelu(h))  # GELU(h_c), recomputed
             grad_h = g @ w2
@@ -107,14 +102,6 @@ class LayerNormMlp(torch.autograd.Function):
             _cast(grad_w2, need[6], fc2_weight.dtype),
             _cast(grad_rows.sum(dim=0), has_b2 and need[7], fc2_weight.dtype),
         )
-
-
-def _linear_into(out: Tensor, x: Tensor, weight_t: Tensor, bias: Tensor | None) -> None:
-    """out = x weight_t (+ bias), written into `out` (a row slice of a larger buffer)."""
-    if bias is None:
-        torch.mm(x, weight_t, out=out)
-    else:
-        torch.addmm(bias, x, weight_t, out=out)
 
 
 def _cast(grad: Tensor | None, needed: bool, dtype: torch.dtype | None = None) -> Tensor | None:

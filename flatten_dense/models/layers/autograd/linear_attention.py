@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from ..focusing import focused_kernel
 from .focused_kernel import focused_kernel_vjp, focused_kernel_without_grad
-from .mlp import chunk_rows
+from .mlp import row_chunks
 
 __all__ = [
     "FocusedLinearAttentionFunction",
@@ -105,12 +105,6 @@ def _kernels(
     return q_phi, k_phi, v
 
 
-def _token_chunks(tokens: int, channels: int) -> list[slice]:
-    """Token ranges of about `mlp.CHUNK_ELEMENTS` values each (chunk_rows reads the module's constant)."""
-    step = chunk_rows(channels)
-    return [slice(start, start + step) for start in range(0, tokens, step)]
-
-
 def _tokens(x: Tensor) -> Tensor:
     """(B, h, T, d) per-head rows -> (B, T, C), heads side by side."""
     batch, heads, tokens, head_dim = x.shape
@@ -131,7 +125,7 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, scale, heads, focusing_factor, keep, num_valid):
         batch, tokens, channels = q.shape
         head_dim = channels // heads
-        chunks = _token_chunks(tokens, channels)
+        chunks = row_chunks(tokens, channels)
         kv = q.new_zeros(batch, heads, head_dim, head_dim)
         k_sum = q.new_zeros(batch, heads, 1, head_dim)
         for part in chunks:  # pass 1: kv = sum phi(k)^T v, m = sum phi(k)
@@ -165,7 +159,7 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
         heads, focusing_factor = ctx.heads, ctx.focusing_factor
         batch, tokens, channels = q.shape
         head_dim = channels // heads
-        chunks = _token_chunks(tokens, channels)
+        chunks = row_chunks(tokens, channels)
         grad_q, grad_k, grad_v = (torch.empty_like(q) for _ in range(3))
         grad_scale = torch.zeros_like(scale)
         d_kv = q.new_zeros(batch, heads, head_dim, head_dim)

@@ -17,21 +17,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["CHUNK_ELEMENTS", "GeluLinear", "chunk_rows", "gelu_linear"]
+from .layer_norm_linear import _compute_dtype
+
+__all__ = ["CHUNK_ELEMENTS", "GeluLinear", "gelu_linear", "linear_into", "row_chunks"]
 
 CHUNK_ELEMENTS = 1 << 20  # hidden elements per chunk (4 MiB in float32): fits the allocator's reuse
 
 
-def chunk_rows(width: int) -> int:
-    """Rows per chunk for a hidden width of `width` values."""
-    return max(1, CHUNK_ELEMENTS // width)
+def row_chunks(rows: int, width: int) -> list[slice]:
+    """Consecutive row ranges of about CHUNK_ELEMENTS values each, for rows `width` values wide."""
+    step = max(1, CHUNK_ELEMENTS // width)
+    return [slice(start, start + step) for start in range(0, rows, step)]
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The GEMM's dtype under autocast (bf16/fp16) or the input's: backward runs its GEMMs in it too."""
-    device = x.device.type
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-    return torch.get_autocast_dtype(device) if autocast else x.dtype
+def linear_into(out: Tensor, x: Tensor, weight_t: Tensor, bias: Tensor | None) -> None:
+    """out = x weight_t (+ bias), written into `out` (a row slice of a larger buffer)."""
+    if bias is None:
+        torch.mm(x, weight_t, out=out)
+    else:
+        torch.addmm(bias, x, weight_t, out=out)
 
 
 class GeluLinear(torch.autograd.Function):
@@ -47,14 +51,8 @@ class GeluLinear(torch.autograd.Function):
         weight_t = weight.to(dtype).t()
         bias = None if bias is None else bias.to(dtype)
         out = rows.new_empty(rows.shape[0], weight.shape[0], dtype=dtype)
-        step = chunk_rows(width)
-        for start in range(0, rows.shape[0], step):
-            activation = F.gelu(rows[start : start + step]).to(dtype)
-            target = out[start : start + step]
-            if bias is None:
-                torch.mm(activation, weight_t, out=target)
-            else:
-                torch.addmm(bias, activation, weight_t, out=target)
+        for part in row_chunks(rows.shape[0], width):
+            linear_into(out[part], F.gelu(rows[part]).to(dtype), weight_t, bias)
         return out.view(*hidden.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -69,14 +67,13 @@ class GeluLinear(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(rows) if need_hidden else None
         grad_weight = weight_c.new_zeros(weight.shape) if need_weight else None
-        step = chunk_rows(width)
-        for start in range(0, rows.shape[0], step):
-            chunk, grad_chunk = rows[start : start + step], grad_rows[start : start + step]
+        for part in row_chunks(rows.shape[0], width):
+            chunk, grad_chunk = rows[part], grad_rows[part]
             if need_weight:
                 grad_weight.addmm_(grad_chunk.t(), F.gelu(chunk).to(dtype))  # GELU(h_c), recomputed
             if need_hidden:
                 grad_act = (grad_chunk @ weight_c).to(hidden.dtype)
-                torch.ops.aten.gelu_backward.grad_input(grad_act, chunk, grad_input=grad_hidden[start : start + step])
+                torch.ops.aten.gelu_backward.grad_input(grad_act, chunk, grad_input=grad_hidden[part])
         grad_bias = grad_rows.sum(dim=0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         if grad_hidden is not None:
             grad_hidden = grad_hidden.view(hidden.shape)
