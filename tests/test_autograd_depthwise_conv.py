@@ -1,5 +1,6 @@
 """The depthwise conv that stores its strided input view, against plain autograd of F.conv2d."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
@@ -7,18 +8,36 @@ from torch.autograd import gradcheck
 from flatten_dense.models.layers.autograd import depthwise_conv_of_view
 
 
-def _inputs():
+def _inputs(kernel: int = 3):
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 4, 5, 12, generator=generator, dtype=torch.float64, requires_grad=True)  # B H W 3C
     x = tokens[..., 8:].permute(0, 3, 1, 2)  # B C H W: the v slice of a qkv output, strided
-    weight = torch.randn(4, 1, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 1, kernel, kernel, generator=generator, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True)
     return tokens, x, weight, bias
 
 
-def test_gradcheck():
-    _, x, weight, bias = _inputs()
-    assert gradcheck(lambda x, w, b: depthwise_conv_of_view(x, w, b, (1, 1)), (x, weight, bias))
+# (kernel, padding): "same" convs as the attention's DWC uses, and one that shrinks the map, so
+# the weight gradient (a conv with the output gradient as kernel) is checked for any output size.
+SHAPES = [(3, (1, 1)), (5, (2, 2)), (3, (0, 1))]
+
+
+@pytest.mark.parametrize(("kernel", "padding"), SHAPES)
+def test_gradcheck(kernel, padding):
+    _, x, weight, bias = _inputs(kernel)
+    assert gradcheck(lambda x, w, b: depthwise_conv_of_view(x, w, b, padding), (x, weight, bias))
+
+
+@pytest.mark.parametrize(("kernel", "padding"), SHAPES)
+def test_gradients_equal_plain_autograd(kernel, padding):
+    tokens, x, weight, bias = _inputs(kernel)
+    out = depthwise_conv_of_view(x, weight, bias, padding)
+    ref = F.conv2d(x, weight, bias, padding=padding, groups=4)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    inputs = (tokens, weight, bias)
+    for a, b in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, inputs, grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_equals_conv2d_and_stores_the_view_not_a_copy():
