@@ -29,12 +29,14 @@ from .autograd import (
     gelu_linear,
     layer_norm_linear,
     layer_norm_mlp,
+    patch_conv,
     window_softmax_attention,
 )
 from .focused_linear_attention import NORMALISER_EPS, FocusedLinearAttention
 from .focusing import focused_kernel_parts
 from .fused_linear import fused_linear, in_inference, project_output, split_linear
 from .mlp import DepthwiseConvMlp, Mlp
+from .patch_embed import PatchEmbed
 from .window_attention import WindowAttention
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "FastDepthwiseConvMlp",
     "FastFocusedLinearAttention",
     "FastMlp",
+    "FastPatchEmbed",
     "FastWindowAttention",
     "set_fast_layers",
     "set_recompute_attention",
@@ -60,6 +63,14 @@ def uses_fast_path() -> bool:
 def _records() -> bool:
     """Autograd is recording (training, or a gradient taken in eval)."""
     return torch.is_grad_enabled()
+
+
+def _cpu_training_without_autocast(x: Tensor) -> bool:
+    """Where the CPU-measured training functions run: on the fast path, recording, on CPU, and
+    without autocast (whose casting rules the plain form keeps)."""
+    device = x.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return uses_fast_path() and _records() and device == "cpu" and not autocast
 
 
 def _dropout_off(drop: nn.Dropout) -> bool:
@@ -317,9 +328,7 @@ class FastWindowAttention(WindowAttention):
     def stores_less(self, x: Tensor) -> bool:
         """CPU training without autocast; on CUDA, SDPA's memory-efficient kernel stores no matrix
         either, and under autocast the plain form keeps SDPA's precision rules."""
-        device = x.device.type
-        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-        return uses_fast_path() and _records() and device == "cpu" and not autocast
+        return _cpu_training_without_autocast(x)
 
     def attend_projected(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
         """qkv (B * nW, N, 3C) windows of the qkv projection -> the block's attention output (B * nW, N, C)."""
@@ -329,11 +338,22 @@ class FastWindowAttention(WindowAttention):
         return self.proj_drop(self.proj(out))
 
 
+class FastPatchEmbed(PatchEmbed):
+    """Non-overlapping patch embedding whose conv weight gradient is one GEMM in CPU training
+    (`autograd/patch_conv.py`: oneDNN's own is ~5x slower there); overlapping ones are their parent."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        if not (self.pad_to_stride and _cpu_training_without_autocast(x)):
+            return super().forward(x)
+        return self.tokens(patch_conv(self.padded(x), self.proj.weight, self.proj.bias))
+
+
 FAST_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
     FocusedLinearAttention: FastFocusedLinearAttention,
     Mlp: FastMlp,
     DepthwiseConvMlp: FastDepthwiseConvMlp,
     WindowAttention: FastWindowAttention,
+    PatchEmbed: FastPatchEmbed,
 }
 
 

@@ -24,6 +24,10 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        return self.tokens(self.proj(self.padded(x)))
+
+    def padded(self, x: Tensor) -> Tensor:
+        """The conv's input: padded to a multiple of the stride (non-overlapping), channels-last."""
         if self.pad_to_stride:
             pad_h = (-x.shape[-2]) % self.stride
             pad_w = (-x.shape[-1]) % self.stride
@@ -31,6 +35,9 @@ class PatchEmbed(nn.Module):
                 x = F.pad(x, (0, pad_w, 0, pad_h))
         # Channels-last in, channels-last out: the conv's output then reads as (B, N, C) tokens
         # without a copy (a no-op for the later stages, whose maps already are channels-last views).
-        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # B C H W
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def tokens(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The conv's output (B, C, H, W) -> normalised tokens (B, N, C) and their grid (H, W)."""
         grid = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), grid

@@ -11,6 +11,7 @@ from .layer_norm_linear import layer_norm_linear
 from .layer_norm_mlp import layer_norm_mlp
 from .linear_attention import focused_linear_attention, linear_attention
 from .mlp import gelu_linear
+from .patch_conv import patch_conv
 from .window_attention import window_softmax_attention
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "layer_norm_linear",
     "layer_norm_mlp",
     "linear_attention",
+    "patch_conv",
     "window_softmax_attention",
 ]
