@@ -12,9 +12,11 @@ from flatten_dense.models.layers.autograd import mlp as mlp_function
 from flatten_dense.models.layers.fast_layers import (
     FastFocusedLinearAttention,
     FastMlp,
+    FastPatchEmbed,
     FastWindowAttention,
     set_fast_layers,
 )
+from flatten_dense.models.layers.patch_embed import PatchEmbed
 from flatten_dense.models.layers.window_attention import padded_size
 
 # Narrow, shallow versions of the families: the same layers, seconds instead of a minute in float64.
@@ -45,6 +47,7 @@ def _grads(model, images):
     ("name", "size", "kwargs"),
     [
         ("flatten_pvt_t", (64, 96), SMALL_PVT),
+        ("flatten_pvt_t", (60, 90), SMALL_PVT),  # maps no multiple of the stride: padded patch embeddings
         ("flatten_pvt_v2_b0", (64, 64), SMALL_PVT),
         ("flatten_swin_t", (96, 80), SMALL_SWIN),  # padded linear windows
         ("flatten_swin_t", (64, 96), SMALL_GLOBAL_SWIN),  # one global window
@@ -77,8 +80,10 @@ def test_switch_keeps_state_dict_and_goes_back():
     assert model.fast_layers
     model.set_fast_layers(False)
     assert type(model.block1[0].attn) is FocusedLinearAttention and type(model.block1[0].mlp) is Mlp
+    assert type(model.patch_embed2) is PatchEmbed
     model.set_fast_layers(True)
     assert type(model.block1[0].attn) is FastFocusedLinearAttention and type(model.block1[0].mlp) is FastMlp
+    assert type(model.patch_embed2) is FastPatchEmbed
     assert list(model.state_dict()) == keys
     plain = set_fast_layers(copy.deepcopy(model), False)
     assert list(plain.state_dict()) == keys
@@ -100,6 +105,7 @@ def test_with_cp_on_top(recompute):
     ("name", "size", "kwargs"),
     [
         ("flatten_pvt_t", (64, 96), SMALL_PVT),
+        ("flatten_pvt_t", (60, 90), SMALL_PVT),  # maps no multiple of the stride: padded patch embeddings
         ("flatten_pvt_v2_b0", (64, 64), SMALL_PVT),
         ("flatten_swin_t", (96, 80), SMALL_SWIN),
     ],

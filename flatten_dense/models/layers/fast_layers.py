@@ -340,7 +340,7 @@ class FastWindowAttention(WindowAttention):
 
 class FastPatchEmbed(PatchEmbed):
     """Non-overlapping patch embedding whose conv weight gradient is one GEMM in CPU training
-    (`autograd/patch_conv.py`: oneDNN's own is ~5x slower there); overlapping ones are their parent."""
+    (`autograd/patch_conv.py`: oneDNN's own is 2-4x slower there); overlapping ones are their parent."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         if not (self.pad_to_stride and _cpu_training_without_autocast(x)):
