@@ -43,17 +43,23 @@ class DepthwiseConvOfView(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         dense = _dense(x)
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, dense, weight, None, [1, 1], ctx.padding, [1, 1], False, [0, 0], x.shape[1], [True, False, False]
-            )[0]
-        if ctx.needs_input_grad[1] and _conv_weight_grad_pays(x, weight):
+        weight_by_conv = ctx.needs_input_grad[1] and _conv_weight_grad_pays(x, weight)
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad,
+            dense,
+            weight,
+            None,
+            [1, 1],
+            ctx.padding,
+            [1, 1],
+            False,
+            [0, 0],
+            x.shape[1],
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not weight_by_conv, False],
+        )
+        if weight_by_conv:
             grad_weight = depthwise_weight_grad(dense, grad, ctx.padding)
-        elif ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.aten.convolution_backward(
-                grad, dense, weight, None, [1, 1], ctx.padding, [1, 1], False, [0, 0], x.shape[1], [False, True, False]
-            )[1]
+        grad_bias = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
         return grad_x, grad_weight, grad_bias, None

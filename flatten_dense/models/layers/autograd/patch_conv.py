@@ -49,7 +49,7 @@ class PatchConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             out_channels, in_channels = weight.shape[:2]
             grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, out_channels)  # B*Ho*Wo Cout (a view if channels-last)
-            grad_weight = grad_rows.t() @ patch_rows(x, weight.shape[-2:])  # Cout (kh kw Cin)
+            grad_weight = grad_rows.t() @ patch_rows(x, (kernel[0], kernel[1]))  # Cout (kh kw Cin)
             grad_weight = grad_weight.view(out_channels, *kernel, in_channels).permute(0, 3, 1, 2).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=(0, 2, 3))
