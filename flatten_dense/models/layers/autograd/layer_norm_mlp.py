@@ -75,11 +75,12 @@ class LayerNormMlp(torch.autograd.Function):
         mask = [True, gamma is not None, beta is not None]
         for rows_c in row_chunks(rows.shape[0], width):
             h, g = hidden[rows_c], grad_rows[rows_c]
-            grad_w2.addmm_(g.t(), F.gelu(h))  # GELU(h_c), recomputed
+            # addmm(out=), not addmm_: torch's FLOP counter does not see addmm_. GELU(h_c) is recomputed.
+            torch.addmm(grad_w2, g.t(), F.gelu(h), out=grad_w2)
             grad_h = g @ w2
             torch.ops.aten.gelu_backward.grad_input(grad_h, h, grad_input=grad_h)  # in place: GELU'(h) * (g W2)
             x_c, mean_c, rstd_c = rows[rows_c], mean[rows_c], rstd[rows_c]
-            grad_w1.addmm_(grad_h.t(), _rebuilt_norm(x_c, mean_c, rstd_c, gamma, beta).to(dtype))
+            torch.addmm(grad_w1, grad_h.t(), _rebuilt_norm(x_c, mean_c, rstd_c, gamma, beta).to(dtype), out=grad_w1)
             grad_b1 += grad_h.sum(dim=0)
             grad_normed = (grad_h @ w1).to(x.dtype)
             grad_x_c, grad_gamma_c, grad_beta_c = torch.ops.aten.native_layer_norm_backward(

@@ -70,7 +70,8 @@ class GeluLinear(torch.autograd.Function):
         for part in row_chunks(rows.shape[0], width):
             chunk, grad_chunk = rows[part], grad_rows[part]
             if need_weight:
-                grad_weight.addmm_(grad_chunk.t(), F.gelu(chunk).to(dtype))  # GELU(h_c), recomputed
+                # GELU(h_c), recomputed; addmm(out=) so that FLOP counters see it (they skip addmm_)
+                torch.addmm(grad_weight, grad_chunk.t(), F.gelu(chunk).to(dtype), out=grad_weight)
             if need_hidden:
                 grad_act = (grad_chunk @ weight_c).to(hidden.dtype)
                 torch.ops.aten.gelu_backward.grad_input(grad_act, chunk, grad_input=grad_hidden[part])
