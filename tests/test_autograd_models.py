@@ -51,6 +51,7 @@ def _grads(model, images):
         ("flatten_pvt_v2_b0", (64, 64), SMALL_PVT),
         ("flatten_swin_t", (96, 80), SMALL_SWIN),  # padded linear windows
         ("flatten_swin_t", (64, 96), SMALL_GLOBAL_SWIN),  # one global window
+        ("flatten_swin_t", (144, 176), SMALL_GLOBAL_SWIN),  # stage 3: padded and shifted softmax windows
     ],
 )
 @pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recomputed"])

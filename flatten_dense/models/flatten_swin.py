@@ -31,7 +31,7 @@ from .layers import (
     window_partition,
     window_reverse,
 )
-from .layers.autograd import layer_norm_linear
+from .layers.autograd import gather_rows, layer_norm_linear, window_slots
 from .layers.fast_layers import FAST_LAYERS, FastWindowAttention, uses_fast_path
 from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
 
@@ -170,12 +170,18 @@ class FastSwinBlock(SwinBlock):
         """Windowed softmax attention of norm1(x) with norm1 fused into qkv: x (B, N, C) -> same.
 
         Per-token maps commute with the shift and the window partition, so qkv is projected before
-        them; padding tokens become zero q, k, v rather than the projection of zero tokens, which
-        only padding queries (cropped) and masked keys (weight e^-100) ever see.
+        them and the output projection runs after them, on the unpadded tokens; padding tokens
+        become zero q, k, v rather than the projection of zero tokens, which only padding queries
+        (cropped) and masked keys (weight e^-100) ever see. Pad, roll and partition are one row
+        gather and their inverse another (`autograd/window_rows.py`).
         """
         batch, tokens, _ = x.shape
-        qkv = layer_norm_linear(x, self.norm1, self.attn.qkv).view(batch, grid[0], grid[1], -1)  # B H W 3C
-        return self._softmax(qkv, mask, self.attn.attend_projected).reshape(batch, tokens, -1)
+        window = (self.softmax_window, self.softmax_window)
+        slots, token_slots = window_slots(grid, window, softmax_shift(grid, self.softmax_window, self.shift))
+        qkv = layer_norm_linear(x, self.norm1, self.attn.qkv)  # B N 3C
+        windows = gather_rows(qkv, slots, token_slots).view(-1, window[0] * window[1], qkv.shape[-1])  # B*nW wh*ww 3C
+        attended = self.attn.attend_windows(windows, mask).view(batch, slots.numel(), -1)  # B nW*wh*ww C
+        return self.attn.project(gather_rows(attended, token_slots, slots))  # B N C: projected unpadded
 
 
 FAST_LAYERS[SwinBlock] = FastSwinBlock

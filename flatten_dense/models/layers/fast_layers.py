@@ -332,10 +332,17 @@ class FastWindowAttention(WindowAttention):
 
     def attend_projected(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
         """qkv (B * nW, N, 3C) windows of the qkv projection -> the block's attention output (B * nW, N, C)."""
+        return self.project(self.attend_windows(qkv, mask))
+
+    def attend_windows(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        """qkv (B * nW, N, 3C) windows -> softmax attention (B * nW, N, C), before the output projection."""
         bias = self.position_bias(qkv.shape[1]).to(qkv.dtype)  # h N N
         mask = None if mask is None else mask.to(qkv.dtype)
-        out = window_softmax_attention(qkv, bias, mask, heads=self.num_heads, scale=self.head_scale)
-        return self.proj_drop(self.proj(out))
+        return window_softmax_attention(qkv, bias, mask, heads=self.num_heads, scale=self.head_scale)
+
+    def project(self, attended: Tensor) -> Tensor:
+        """The output projection (and its dropout) of attention outputs (..., C), a per-token map."""
+        return self.proj_drop(self.proj(attended))
 
 
 class FastPatchEmbed(PatchEmbed):
