@@ -7,8 +7,10 @@ in, three over the C-wide output out. All of it only moves rows: window slot s o
 token `slots[s]` of image b, or zeros where `slots[s] < 0` (padding). So the windows are one
 `index_select` of rows, and the map back is another, with `tokens[t]`, the slot of token t.
 Each is the other's backward (every token fills exactly one slot), so gradients are copies too.
-Interleaved medians, AMD EPYC, 2 threads, Swin-T's stage 3 at 1024 x 1024 (64 x 64 tokens, 7 x 7
-windows): windows of the 1152-wide qkv 21 -> 1.3 ms, map of the output back 24 -> 0.5 ms.
+Alternated microbenchmarks (AMD EPYC, 2 threads, medians; fresh outputs as in training), Swin-T's
+shifted stage-3 block at 1024 x 1024 (64 x 64 tokens, 7 x 7 windows): windows of the 1152-wide qkv
+29 -> 2.2 ms, the 384-wide output back 1.4 -> 0.3 ms; stage 4 (32 x 32, unshifted) 1.2 -> 1.0 and
+0.23 -> 0.19 ms. Backward is the same pair of gathers the other way round.
 """
 
 from __future__ import annotations
