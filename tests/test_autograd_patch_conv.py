@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from autograd_graph import graph_node_names
 from torch.autograd import gradcheck
 
 from flatten_dense.models.layers.autograd import patch_conv
@@ -84,21 +85,11 @@ def test_fast_patch_embed_equals_its_parent_with_padding(channels_last):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
-def _graph_nodes(out: torch.Tensor) -> set[str]:
-    names, todo = set(), [out.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            todo += [child for child, _ in node.next_functions]
-    return names
-
-
 def test_patch_conv_runs_for_non_overlapping_embeddings_only():
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
     non_overlapping = set_fast_layers(PatchEmbed(3, 8, kernel=4, stride=4), True)
-    assert "PatchConvBackward" in _graph_nodes(non_overlapping(x)[0])
+    assert "PatchConvBackward" in graph_node_names(non_overlapping(x)[0])
     overlapping = set_fast_layers(PatchEmbed(3, 8, kernel=7, stride=4, padding=3), True)
     assert type(overlapping) is FastPatchEmbed and not overlapping.pad_to_stride
-    nodes = _graph_nodes(overlapping(x)[0])
+    nodes = graph_node_names(overlapping(x)[0])
     assert "PatchConvBackward" not in nodes and "ConvolutionBackward0" in nodes

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from autograd_graph import graph_node_names
 from torch.utils.flop_counter import FlopCounterMode
 
 import flatten_dense as fd
@@ -36,21 +37,31 @@ def test_cpu_softmax_attention_is_counted_like_its_two_matmuls():
 GEMMS = ("aten.mm", "aten.addmm", "aten.bmm")
 
 
-def _training_gemm_flops(model, images) -> int:
+def _training_gemm_flops(model, images) -> tuple[int, set[str]]:
     counter = FlopCounterMode(display=False)
     with counter:
-        sum(feature.mean() for feature in model(images)).backward()
+        loss = sum(feature.mean() for feature in model(images))
+        nodes = graph_node_names(loss)
+        loss.backward()
     counts = counter.get_flop_counts()["Global"]
-    return sum(flops for op, flops in counts.items() if str(op) in GEMMS)
+    return sum(flops for op, flops in counts.items() if str(op) in GEMMS), nodes
 
 
-@pytest.mark.parametrize("name", ["flatten_pvt_t", "flatten_swin_t", "flatten_cswin_t"])
-def test_training_step_counts_every_gemm_of_the_fast_backward(name):
+@pytest.mark.parametrize(
+    ("name", "mlp_node"),
+    [
+        ("flatten_pvt_t", "LayerNormMlpBackward"),
+        ("flatten_swin_t", "LayerNormMlpBackward"),
+        ("flatten_cswin_t", "GeluLinearBackward"),
+    ],
+)
+def test_training_step_counts_every_gemm_of_the_fast_backward(name, mlp_node):
     """The custom backwards accumulate weight gradients with `addmm(out=)`: torch's counter does
     not know `addmm_`, which hid a fifth of a training step's GEMMs. Fast and plain layers do the
     same products, up to the padded windows and the patch GEMM (within 3%)."""
     torch.manual_seed(0)
     images = torch.randn(1, 3, 224, 224)
-    fast = _training_gemm_flops(fd.create_backbone(name).train(), images)
-    plain = _training_gemm_flops(fd.create_backbone(name, fast_layers=False).train(), images)
+    fast, fast_nodes = _training_gemm_flops(fd.create_backbone(name).train(), images)
+    plain, plain_nodes = _training_gemm_flops(fd.create_backbone(name, fast_layers=False).train(), images)
+    assert mlp_node in fast_nodes and mlp_node not in plain_nodes  # the fast MLP backward ran
     assert abs(fast / plain - 1) < 0.03, (fast, plain)

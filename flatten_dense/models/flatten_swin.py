@@ -31,7 +31,7 @@ from .layers import (
     window_partition,
     window_reverse,
 )
-from .layers.autograd import gather_rows, layer_norm_linear, window_slots
+from .layers.autograd import from_windows, layer_norm_linear, to_windows, window_rows
 from .layers.fast_layers import FAST_LAYERS, FastWindowAttention, uses_fast_path
 from .pyramid_model import PyramidModel, PyramidOptions, check_attn_types, stage_drop_path_rates, tokens_as_map
 
@@ -177,11 +177,11 @@ class FastSwinBlock(SwinBlock):
         """
         batch, tokens, _ = x.shape
         window = (self.softmax_window, self.softmax_window)
-        slots, token_slots = window_slots(grid, window, softmax_shift(grid, self.softmax_window, self.shift))
+        rows = window_rows(grid, window, softmax_shift(grid, self.softmax_window, self.shift), x.device)
         qkv = layer_norm_linear(x, self.norm1, self.attn.qkv)  # B N 3C
-        windows = gather_rows(qkv, slots, token_slots).view(-1, window[0] * window[1], qkv.shape[-1])  # B*nW wh*ww 3C
-        attended = self.attn.attend_windows(windows, mask).view(batch, slots.numel(), -1)  # B nW*wh*ww C
-        return self.attn.project(gather_rows(attended, token_slots, slots))  # B N C: projected unpadded
+        windows = to_windows(qkv, rows).view(-1, window[0] * window[1], qkv.shape[-1])  # B*nW wh*ww 3C
+        attended = self.attn.attend_windows(windows, mask).reshape(batch, rows.slots.numel(), -1)  # B nW*wh*ww C
+        return self.attn.project(from_windows(attended, rows))  # B N C: projected unpadded
 
 
 FAST_LAYERS[SwinBlock] = FastSwinBlock

@@ -13,19 +13,20 @@ from .linear_attention import focused_linear_attention, linear_attention
 from .mlp import gelu_linear
 from .patch_conv import patch_conv
 from .window_attention import window_softmax_attention
-from .window_rows import gather_rows, window_slots
+from .window_rows import from_windows, to_windows, window_rows
 
 __all__ = [
     "FocusedKernel",
     "depthwise_conv_of_view",
     "focused_kernel_recomputed",
     "focused_linear_attention",
-    "gather_rows",
+    "from_windows",
     "gelu_linear",
     "layer_norm_linear",
     "layer_norm_mlp",
     "linear_attention",
     "patch_conv",
-    "window_slots",
+    "to_windows",
+    "window_rows",
     "window_softmax_attention",
 ]
