@@ -1,13 +1,18 @@
 #!/usr/bin/env python
 """Lean training-step and inference check: the issue-15 table in minutes instead of an hour.
 
-    python tools/train_step_check.py --sizes 512 1024 --rounds 2 [--models SPEC ...] [--out FILE.json]
+    python tools/train_step_check.py --sizes 512 1024 --rounds 4 [--models SPEC ...] [--out FILE.json]
 
 For each size: the peak resident-set growth (VmHWM, reset through /proc/self/clear_refs after a
 64 x 64 warm-up) of one training step and of one forward in a fresh process per model; then the
-step and forward times of all models interleaved in one process (one warm-up round, then ROUNDS
-rounds; medians), with each training step's system time and fresh pages (minor faults: on a VM
-the first touch of freshly mapped memory is a large share of a step) and the rounds' CPU steal.
+times, pair by pair: each FLatten row and the row it is compared with (its plain layers, torchvision
+Swin, softmax PVT) run in a fresh process of their own, one warm-up call each and then ROUNDS rounds
+in alternating order (AB, BA, ...). A ratio is the median of the per-round ratios, with their range:
+on a VM whose speed drifts by tens of percent within minutes, two steps seconds apart see the same
+machine, while rounds over all models a minute apart do not. Each training step's system time and
+fresh pages (minor faults: on a VM the first touch of freshly mapped memory is a large share of a
+step), the timed rounds' CPU steal, and each model's matmul share of a profiled step (the "matmul
+floor": our step's matrix products alone against the other's whole step) are printed too.
 fp32, batch 1, glibc allocator defaults for every row (no tuning), the thread count of --threads.
 Model specs as in tools/benchmark.py: a zoo name, plain:NAME (fast_layers off), recompute:NAME
 (recompute_attention=True), softmax:NAME (softmax-SRA PVT), torchvision:swin_t.
@@ -104,9 +109,6 @@ def median_peak_rss_mib(spec: str, size: int, mode: str, threads: int, repeats: 
     return None if None in figures else statistics.median(figures)
 
 
-RATIO_KEYS = ("train_ms", "train_peak_rss_mib", "forward_ms", "forward_peak_rss_mib")
-
-
 def baselines(label: str) -> list[str]:
     """What a FLatten row is compared with: its plain layers, torchvision's Swin, softmax PVT."""
     name = label.split("@", 1)[0]
@@ -115,19 +117,6 @@ def baselines(label: str) -> list[str]:
     family = name.removeprefix("flatten_")
     other = ["tv_swin_" + family.split("_")[1]] if family.startswith("swin_") else [family + "_softmax"]
     return [name + "@plain_layers", *other]
-
-
-def ratio_rows(rows: list[dict]) -> list[tuple[str, str, int, list[float | None]]]:
-    """(ours, other, size, [ratio per RATIO_KEYS]) for every pair of rows measured at one size."""
-    by_key = {(row["model"], row["size"]): row for row in rows}
-    pairs = []
-    for row in rows:
-        for other in baselines(row["model"]):
-            base = by_key.get((other, row["size"]))
-            if base is not None:
-                ratios = [row[k] / base[k] if row[k] and base[k] else None for k in RATIO_KEYS]
-                pairs.append((row["model"], other, row["size"], ratios))
-    return pairs
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor) -> None:
@@ -160,93 +149,196 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def interleaved_times(specs: list[str], size: int, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """Per call: milliseconds, and for training steps the system time (kernel work, mostly first
-    touches of freshly mapped pages) and the MiB of pages first touched (minor faults x 4 KiB).
-    All models in turn in each round; a warm-up round first, not kept."""
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm"})
+
+
+def timed_calls(model: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """One training step and one forward: milliseconds, and the step's system time (kernel work,
+    mostly first touches of freshly mapped pages) and the MiB of pages it first touched."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    train_step(model, images)
+    figures = {"train_ms": (time.perf_counter() - start) * 1e3}
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    figures["train_system_ms"] = (after.ru_stime - usage.ru_stime) * 1e3
+    figures["train_faulted_mib"] = (after.ru_minflt - usage.ru_minflt) * 4 / 1024
+    start = time.perf_counter()
+    forward(model, images)
+    figures["forward_ms"] = (time.perf_counter() - start) * 1e3
+    return figures
+
+
+def matmul_share(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """The share of one profiled training step's CPU time spent in matrix products: what the step
+    would cost if everything else were free. The profiler's per-op overhead falls on the many small
+    ops, so the share reads a little low (a conservative floor)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        train_step(model, images)
+    averages = profile.key_averages()
+    total = sum(event.self_cpu_time_total for event in averages)
+    matmul = sum(event.self_cpu_time_total for event in averages if event.key in MATMUL_OPS)
+    return matmul / total if total else 0.0
+
+
+def paired_rounds(specs: list[str], size: int, rounds: int) -> dict:
+    """In this process only: one or two models, one warm-up call each, then `rounds` rounds with the
+    order reversed each round (AB, BA, ...), so both see the same machine within seconds of each
+    other; then one profiled step each for the matmul share."""
     models = {spec: build_target(spec).model for spec in specs}
     images = torch.randn(1, 3, size, size)
-    keys = ("train_ms", "forward_ms", "train_system_ms", "train_faulted_mib")
-    times = {spec: {key: [] for key in keys} for spec in specs}
-    for round_index in range(rounds + 1):
-        for spec, model in models.items():
-            for key, call in (("train_ms", train_step), ("forward_ms", forward)):
-                usage = resource.getrusage(resource.RUSAGE_SELF)
-                start = time.perf_counter()
-                call(model, images)
-                elapsed = (time.perf_counter() - start) * 1e3
-                after = resource.getrusage(resource.RUSAGE_SELF)
-                if round_index:
-                    times[spec][key].append(elapsed)
-                    if key == "train_ms":
-                        times[spec]["train_system_ms"].append((after.ru_stime - usage.ru_stime) * 1e3)
-                        times[spec]["train_faulted_mib"].append((after.ru_minflt - usage.ru_minflt) * 4 / 1024)
-                print(f"  size {size} round {round_index} {display_name(spec)} {key} {elapsed:.0f}", flush=True)
-    return times
+    for model in models.values():
+        timed_calls(model, images)
+    figures: dict[str, list[dict[str, float]]] = {spec: [] for spec in specs}
+    for round_index in range(rounds):
+        for spec in specs if round_index % 2 == 0 else specs[::-1]:
+            figures[spec].append(timed_calls(models[spec], images))
+            print(f"  size {size} round {round_index} {display_name(spec)} {figures[spec][-1]}", file=sys.stderr)
+    return {"rounds": figures, "matmul_share": {spec: matmul_share(models[spec], images) for spec in specs}}
+
+
+def measured_in_fresh_process(specs: list[str], size: int, rounds: int, threads: int) -> dict | None:
+    """`paired_rounds` in a fresh process: no other model's allocations shape its heap."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--paired-worker", *specs]
+    command += ["--sizes", str(size), "--rounds", str(rounds), "--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        print(f"{' / '.join(specs)} at {size}: failed\n{result.stderr[-600:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[0].removeprefix("RESULT "))
+
+
+def timing_groups(specs: list[str]) -> list[list[str]]:
+    """Each (ours, compared-with) pair among `specs`, then every spec in no pair on its own."""
+    by_label = {display_name(spec): spec for spec in specs}
+    groups = [[spec, by_label[other]] for spec in specs for other in baselines(display_name(spec)) if other in by_label]
+    paired = {spec for group in groups for spec in group}
+    return groups + [[spec] for spec in specs if spec not in paired]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def pair_ratios(first: list[dict[str, float]], second: list[dict[str, float]], key: str) -> dict[str, float]:
+    """Round by round first / second of `key`: median and range."""
+    return spread([a[key] / b[key] for a, b in zip(first, second, strict=True)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--models", nargs="+", default=DEFAULT_SPECS, help="model specs, as tools/benchmark.py")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after one warm-up round")
+    parser.add_argument("--rounds", type=int, default=4, help="timed rounds per pair after one warm-up call")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rss-repeats", type=int, default=1, help="fresh processes per peak-RSS figure (median)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--paired-worker", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.paired_worker is not None:
+        print("RESULT " + json.dumps(paired_rounds(args.paired_worker, args.sizes[0], args.rounds)))
+        return
     machine = machine_info("cpu", tuned_allocator=False)
     print("machine:", describe_machine(machine), flush=True)
-    rows = []
+    rows, pairs = [], []
     for size in args.sizes:
         memory = {
             spec: {mode: median_peak_rss_mib(spec, size, mode, args.threads, args.rss_repeats) for mode in MODES}
             for spec in args.models
         }
         ticks = cpu_ticks()
-        times = interleaved_times(args.models, size, args.rounds)
+        rounds: dict[str, list[dict[str, float]]] = {spec: [] for spec in args.models}
+        shares: dict[str, list[float]] = {spec: [] for spec in args.models}
+        for group in timing_groups(args.models):
+            print(f"size {size}: {' / '.join(display_name(spec) for spec in group)}", flush=True)
+            result = measured_in_fresh_process(group, size, args.rounds, args.threads)
+            if result is None:
+                continue
+            for spec in group:
+                rounds[spec] += result["rounds"][spec]
+                shares[spec].append(result["matmul_share"][spec])
+            if len(group) == 2:
+                first, second = (result["rounds"][spec] for spec in group)
+                ours, other = (memory[spec] for spec in group)
+                pairs.append(
+                    {
+                        "ours": display_name(group[0]),
+                        "other": display_name(group[1]),
+                        "size": size,
+                        "train_time": pair_ratios(first, second, "train_ms"),
+                        "forward_time": pair_ratios(first, second, "forward_ms"),
+                        "train_matmul_floor": statistics.median(r["train_ms"] for r in first)
+                        * result["matmul_share"][group[0]]
+                        / statistics.median(r["train_ms"] for r in second),
+                        **{
+                            f"{mode}_peak_rss": ours[mode] / other[mode] if ours[mode] and other[mode] else None
+                            for mode in MODES
+                        },
+                    }
+                )
         steal = steal_share(ticks, cpu_ticks())
         for spec in args.models:
+            if not rounds[spec]:
+                continue
             rows.append(
                 {
                     "model": display_name(spec),
                     "size": size,
-                    "train_ms": statistics.median(times[spec]["train_ms"]),
-                    "forward_ms": statistics.median(times[spec]["forward_ms"]),
+                    **{key: statistics.median(r[key] for r in rounds[spec]) for key in rounds[spec][0]},
+                    "train_matmul_share": statistics.median(shares[spec]),
                     "train_peak_rss_mib": memory[spec]["train"],
                     "forward_peak_rss_mib": memory[spec]["forward"],
-                    "train_system_ms": statistics.median(times[spec]["train_system_ms"]),
-                    "train_faulted_mib": statistics.median(times[spec]["train_faulted_mib"]),
                     "cpu_steal": steal,
                     "rounds": args.rounds,
                     "rss_repeats": args.rss_repeats,
                 }
             )
+    print_tables(machine, rows, pairs, args)
+    if args.out is not None:
+        args.out.write_text(json.dumps({"machine": machine, "rows": rows, "pairs": pairs}, indent=1))
+
+
+def print_tables(machine: dict, rows: list[dict], pairs: list[dict], args: argparse.Namespace) -> None:
     print(
-        f"\n{describe_machine(machine)}; fp32, batch 1, medians of {args.rounds} interleaved rounds"
-        f" and of {args.rss_repeats} fresh process(es) per peak RSS\n"
+        f"\n{describe_machine(machine)}; fp32, batch 1; times: medians over every round of a model"
+        f" ({args.rounds} per pair it is in); peak RSS: median of {args.rss_repeats} fresh process(es)\n"
     )
     print(
         "| model | size | train step ms | train peak RSS MiB | forward ms | forward peak RSS MiB"
-        " | train system ms | train fresh pages MiB |"
+        " | train system ms | train fresh pages MiB | train matmul share |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['model']} | {row['size']} | {row['train_ms']:.0f} | {row['train_peak_rss_mib'] or 0:.0f} "
             f"| {row['forward_ms']:.0f} | {row['forward_peak_rss_mib'] or 0:.0f} "
-            f"| {row['train_system_ms']:.0f} | {row['train_faulted_mib']:.0f} |"
+            f"| {row['train_system_ms']:.0f} | {row['train_faulted_mib']:.0f} "
+            f"| {100 * row['train_matmul_share']:.0f}% |"
         )
     for size in args.sizes:
-        steal = next(row["cpu_steal"] for row in rows if row["size"] == size)
+        steal = next((row["cpu_steal"] for row in rows if row["size"] == size), None)
         if steal is not None:
             print(f"size {size}: CPU steal (time given to other guests) {100 * steal:.1f}% during the timed rounds")
-    print("\n| ours / other | size | train time | train peak RSS | forward time | forward peak RSS |")
-    print("|---|---|---|---|---|---|")
-    for ours, other, size, ratios in ratio_rows(rows):
-        print(f"| {ours} / {other} | {size} | " + " | ".join(f"{r:.2f}x" if r else "-" for r in ratios) + " |")
-    if args.out is not None:
-        args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    print(
+        "\nTime ratios: median [min-max] of the per-round ratios of the pair, alternated in one process."
+        " Matmul floor: our step's matmul time alone over the other's whole step.\n"
+    )
+    print(
+        "| ours / other | size | train time | train matmul floor | train peak RSS | forward time | forward peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|")
+
+    def ratio(value: float | None) -> str:
+        return f"{value:.2f}x" if value else "-"
+
+    for pair in pairs:
+        times = [pair[key] for key in ("train_time", "forward_time")]
+        train, forward_time = (f"{t['median']:.2f}x [{t['min']:.2f}-{t['max']:.2f}]" for t in times)
+        print(
+            f"| {pair['ours']} / {pair['other']} | {pair['size']} | {train} | {ratio(pair['train_matmul_floor'])} "
+            f"| {ratio(pair['train_peak_rss'])} | {forward_time} | {ratio(pair['forward_peak_rss'])} |"
+        )
 
 
 if __name__ == "__main__":
