@@ -7,12 +7,13 @@ For each size: the peak resident-set growth (VmHWM, reset through /proc/self/cle
 64 x 64 warm-up) of one training step and of one forward in a fresh process per model; then the
 times, pair by pair: each FLatten row and the row it is compared with (its plain layers, torchvision
 Swin, softmax PVT) run in a fresh process of their own, one warm-up call each and then ROUNDS rounds
-in alternating order (AB, BA, ...). A ratio is the median of the per-round ratios, with their range:
-on a VM whose speed drifts by tens of percent within minutes, two steps seconds apart see the same
-machine, while rounds over all models a minute apart do not. Each training step's system time and
-fresh pages (minor faults: on a VM the first touch of freshly mapped memory is a large share of a
-step), the timed rounds' CPU steal, and each model's matmul share of a profiled step (the "matmul
-floor": our step's matrix products alone against the other's whole step) are printed too.
+in alternating order (AB, BA, ...); a spec in no pair is timed alone. A ratio is the median of the
+per-round ratios, with their range: on a VM whose speed drifts by tens of percent within minutes,
+two steps seconds apart see the same machine, while rounds over all models a minute apart do not.
+Each training step's system time and fresh pages (minor faults: on a VM the first touch of freshly
+mapped memory is a large share of a step), the timed rounds' CPU steal, and each model's matmul
+share of a profiled step (the "matmul floor": the ratio if our step ran only its matrix products)
+are printed too.
 fp32, batch 1, glibc allocator defaults for every row (no tuning), the thread count of --threads.
 Model specs as in tools/benchmark.py: a zoo name, plain:NAME (fast_layers off), recompute:NAME
 (recompute_attention=True), softmax:NAME (softmax-SRA PVT), torchvision:swin_t.
@@ -142,14 +143,19 @@ def cpu_ticks() -> tuple[int, int] | None:
     return fields[7] if len(fields) > 7 else 0, sum(fields)
 
 
-def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """The share of CPU time the hypervisor gave to other guests in between (a VM's noise source)."""
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
-MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm"})
+# Matrix products, and the CPU flash-attention kernels F.scaled_dot_product_attention runs (softmax
+# PVT's attention, the plain Swin windows): batched matrix products with a softmax between them.
+MATMUL_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::addbmm",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    }
+)
 
 
 def timed_calls(model: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
@@ -169,9 +175,10 @@ def timed_calls(model: torch.nn.Module, images: torch.Tensor) -> dict[str, float
 
 
 def matmul_share(model: torch.nn.Module, images: torch.Tensor) -> float:
-    """The share of one profiled training step's CPU time spent in matrix products: what the step
-    would cost if everything else were free. The profiler's per-op overhead falls on the many small
-    ops, so the share reads a little low (a conservative floor)."""
+    """The share of one profiled training step's op time (the sum of every op's self time) spent in
+    matrix products: what the step would cost if everything else were free. An estimate: the
+    profiler's per-op overhead falls on the many small ops (the share reads low), and Python time
+    between ops is in no op (it reads high)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         train_step(model, images)
     averages = profile.key_averages()
@@ -181,29 +188,42 @@ def matmul_share(model: torch.nn.Module, images: torch.Tensor) -> float:
 
 
 def paired_rounds(specs: list[str], size: int, rounds: int) -> dict:
-    """In this process only: one or two models, one warm-up call each, then `rounds` rounds with the
+    """In this process: one or two models, one warm-up call each, then `rounds` rounds with the
     order reversed each round (AB, BA, ...), so both see the same machine within seconds of each
-    other; then one profiled step each for the matmul share."""
+    other; the CPU steal of those rounds; then one profiled step each for the matmul share."""
     models = {spec: build_target(spec).model for spec in specs}
     images = torch.randn(1, 3, size, size)
     for model in models.values():
         timed_calls(model, images)
     figures: dict[str, list[dict[str, float]]] = {spec: [] for spec in specs}
+    ticks = cpu_ticks()
     for round_index in range(rounds):
         for spec in specs if round_index % 2 == 0 else specs[::-1]:
             figures[spec].append(timed_calls(models[spec], images))
-            print(f"  size {size} round {round_index} {display_name(spec)} {figures[spec][-1]}", file=sys.stderr)
-    return {"rounds": figures, "matmul_share": {spec: matmul_share(models[spec], images) for spec in specs}}
+            line = " ".join(f"{key} {value:.0f}" for key, value in figures[spec][-1].items())
+            print(f"  size {size} round {round_index} {display_name(spec)} {line}", file=sys.stderr, flush=True)
+    after = cpu_ticks()
+    steal_ticks = None if ticks is None or after is None else [after[0] - ticks[0], after[1] - ticks[1]]
+    shares = {spec: matmul_share(models[spec], images) for spec in specs}
+    return {"rounds": figures, "steal_ticks": steal_ticks, "matmul_share": shares}
+
+
+WORKER_TIMEOUT_S = 4 * 3600
 
 
 def measured_in_fresh_process(specs: list[str], size: int, rounds: int, threads: int) -> dict | None:
-    """`paired_rounds` in a fresh process: no other model's allocations shape its heap."""
+    """`paired_rounds` in a fresh process: only the pair's own allocations shape its heap. The
+    worker's per-round lines go to this process's stderr as they come; None if it failed."""
     command = [sys.executable, str(Path(__file__).resolve()), "--paired-worker", *specs]
     command += ["--sizes", str(size), "--rounds", str(rounds), "--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    try:
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO, timeout=WORKER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"{' / '.join(specs)} at {size}: no result within {WORKER_TIMEOUT_S} s", file=sys.stderr)
+        return None
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
-        print(f"{' / '.join(specs)} at {size}: failed\n{result.stderr[-600:]}", file=sys.stderr)
+        print(f"{' / '.join(specs)} at {size}: failed (exit {result.returncode}; its stderr above)", file=sys.stderr)
         return None
     return json.loads(lines[0].removeprefix("RESULT "))
 
@@ -223,6 +243,35 @@ def spread(values: list[float]) -> dict[str, float]:
 def pair_ratios(first: list[dict[str, float]], second: list[dict[str, float]], key: str) -> dict[str, float]:
     """Round by round first / second of `key`: median and range."""
     return spread([a[key] / b[key] for a, b in zip(first, second, strict=True)])
+
+
+def pair_row(group: list[str], result: dict, memory: dict[str, dict[str, float | None]], size: int) -> dict:
+    """The ratios of one timed pair (ours, other): times round by round, peak RSS of fresh processes,
+    and the matmul floor (our share of matmul time x the median train-time ratio: what the ratio
+    would be if our step ran nothing but its matrix products)."""
+    ours, other = group
+    first, second = result["rounds"][ours], result["rounds"][other]
+    train_time = pair_ratios(first, second, "train_ms")
+    row = {
+        "ours": display_name(ours),
+        "other": display_name(other),
+        "size": size,
+        "train_time": train_time,
+        "forward_time": pair_ratios(first, second, "forward_ms"),
+        "train_matmul_floor": result["matmul_share"][ours] * train_time["median"],
+        "cpu_steal": steal_of([result]),
+    }
+    for mode in MODES:
+        ours_mib, other_mib = memory[ours][mode], memory[other][mode]
+        row[f"{mode}_peak_rss"] = ours_mib / other_mib if ours_mib and other_mib else None
+    return row
+
+
+def steal_of(results: list[dict]) -> float | None:
+    """The CPU steal over the timed rounds of these workers (None where /proc/stat is missing)."""
+    ticks = [result["steal_ticks"] for result in results if result["steal_ticks"] is not None]
+    total = sum(t[1] for t in ticks)
+    return sum(t[0] for t in ticks) / total if total else None
 
 
 def main() -> None:
@@ -247,37 +296,21 @@ def main() -> None:
             spec: {mode: median_peak_rss_mib(spec, size, mode, args.threads, args.rss_repeats) for mode in MODES}
             for spec in args.models
         }
-        ticks = cpu_ticks()
         rounds: dict[str, list[dict[str, float]]] = {spec: [] for spec in args.models}
         shares: dict[str, list[float]] = {spec: [] for spec in args.models}
+        results = []
         for group in timing_groups(args.models):
             print(f"size {size}: {' / '.join(display_name(spec) for spec in group)}", flush=True)
             result = measured_in_fresh_process(group, size, args.rounds, args.threads)
             if result is None:
                 continue
+            results.append(result)
             for spec in group:
                 rounds[spec] += result["rounds"][spec]
                 shares[spec].append(result["matmul_share"][spec])
             if len(group) == 2:
-                first, second = (result["rounds"][spec] for spec in group)
-                ours, other = (memory[spec] for spec in group)
-                pairs.append(
-                    {
-                        "ours": display_name(group[0]),
-                        "other": display_name(group[1]),
-                        "size": size,
-                        "train_time": pair_ratios(first, second, "train_ms"),
-                        "forward_time": pair_ratios(first, second, "forward_ms"),
-                        "train_matmul_floor": statistics.median(r["train_ms"] for r in first)
-                        * result["matmul_share"][group[0]]
-                        / statistics.median(r["train_ms"] for r in second),
-                        **{
-                            f"{mode}_peak_rss": ours[mode] / other[mode] if ours[mode] and other[mode] else None
-                            for mode in MODES
-                        },
-                    }
-                )
-        steal = steal_share(ticks, cpu_ticks())
+                pairs.append(pair_row(group, result, memory, size))
+        steal = steal_of(results)
         for spec in args.models:
             if not rounds[spec]:
                 continue
@@ -290,7 +323,7 @@ def main() -> None:
                     "train_peak_rss_mib": memory[spec]["train"],
                     "forward_peak_rss_mib": memory[spec]["forward"],
                     "cpu_steal": steal,
-                    "rounds": args.rounds,
+                    "rounds": len(rounds[spec]),
                     "rss_repeats": args.rss_repeats,
                 }
             )
@@ -302,7 +335,8 @@ def main() -> None:
 def print_tables(machine: dict, rows: list[dict], pairs: list[dict], args: argparse.Namespace) -> None:
     print(
         f"\n{describe_machine(machine)}; fp32, batch 1; times: medians over every round of a model"
-        f" ({args.rounds} per pair it is in); peak RSS: median of {args.rss_repeats} fresh process(es)\n"
+        f" ({args.rounds} in each pair's process; a model in two pairs pools both processes);"
+        f" peak RSS: median of {args.rss_repeats} fresh process(es)\n"
     )
     print(
         "| model | size | train step ms | train peak RSS MiB | forward ms | forward peak RSS MiB"
@@ -325,19 +359,24 @@ def print_tables(machine: dict, rows: list[dict], pairs: list[dict], args: argpa
         " Matmul floor: our step's matmul time alone over the other's whole step.\n"
     )
     print(
-        "| ours / other | size | train time | train matmul floor | train peak RSS | forward time | forward peak RSS |"
+        "| ours / other | size | train time | train matmul floor | train peak RSS | forward time"
+        " | forward peak RSS | CPU steal |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
 
     def ratio(value: float | None) -> str:
         return f"{value:.2f}x" if value else "-"
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
 
     for pair in pairs:
         times = [pair[key] for key in ("train_time", "forward_time")]
         train, forward_time = (f"{t['median']:.2f}x [{t['min']:.2f}-{t['max']:.2f}]" for t in times)
         print(
             f"| {pair['ours']} / {pair['other']} | {pair['size']} | {train} | {ratio(pair['train_matmul_floor'])} "
-            f"| {ratio(pair['train_peak_rss'])} | {forward_time} | {ratio(pair['forward_peak_rss'])} |"
+            f"| {ratio(pair['train_peak_rss'])} | {forward_time} | {ratio(pair['forward_peak_rss'])} "
+            f"| {percent(pair['cpu_steal'])} |"
         )
 
 
