@@ -31,7 +31,7 @@ def _plain(x, norm, linear, offset=None, start=0):
 
 def test_gradcheck_with_an_offset():
     x, norm, linear, offset = _layers()
-    inputs = (x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias, offset, 3)
+    inputs = (x, norm.weight, norm.bias, norm.eps, offset, 3, linear.weight, linear.bias)
     assert gradcheck(LayerNormLinear.apply, inputs)
 
 
@@ -65,3 +65,28 @@ def test_autocast_bf16_matches_plain():
     for a, b in zip(got, expected, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2)
+
+
+def test_two_linears_run_as_one_and_store_their_own_weights():
+    """PVT's q and kv: one GEMM over the stacked weights, each layer's own gradients, no stacked copy stored."""
+    x, norm, q, offset = _layers()
+    kv = nn.Linear(6, 12).to(torch.float64)
+    inputs = (x, norm.weight, norm.bias, norm.eps, offset, 9, q.weight, q.bias, kv.weight, kv.bias)
+    assert gradcheck(LayerNormLinear.apply, inputs)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer_norm_linear(x, norm, q, kv, offset=offset, offset_start=9)
+    weights = {t.data_ptr() for t in saved if t.dim() == 2 and t.shape[-1] == 6}
+    assert weights == {q.weight.data_ptr(), kv.weight.data_ptr()}
+    ref = torch.cat([q(norm(x)), kv(norm(x))], dim=-1) + F.pad(offset, (9, 9))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    params = [x, norm.weight, norm.bias, q.weight, q.bias, kv.weight, kv.bias, offset]
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_mixed_biases_are_refused():
+    x, norm, linear, _ = _layers()
+    with pytest.raises(ValueError, match="bias"):
+        layer_norm_linear(x, norm, linear, nn.Linear(6, 3, bias=False).to(torch.float64))

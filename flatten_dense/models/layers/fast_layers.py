@@ -120,25 +120,19 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
     def _projection_views(
         self, x: Tensor, norm: nn.LayerNorm | None, key_offset: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k + key_offset, v (B, N, C) as slices of the GEMM outputs, the offset added inside them."""
+        """q, k + key_offset, v (B, N, C) as views of one GEMM output (B, N, 3C), the offset added inside it."""
         channels = self.dim
-        key_start = channels if self.fused_qkv else 0
-
-        def project(linear: nn.Linear, offset: Tensor | None = None) -> Tensor:
-            if norm is not None:
-                return layer_norm_linear(x, norm, linear, offset=offset, offset_start=key_start)
-            out = linear(x)
-            if offset is not None:  # slices of a GEMM output may be written in place (chunk's may not)
-                out[..., key_start : key_start + channels] += offset
-            return out
-
+        linears = [self.qkv] if self.fused_qkv else [self.q, self.kv]  # q and kv as one GEMM
+        if norm is not None:
+            qkv = layer_norm_linear(x, norm, *linears, offset=key_offset, offset_start=channels)
+        else:
+            qkv = torch.cat([linear(x) for linear in linears], dim=-1) if len(linears) > 1 else linears[0](x)
+            if key_offset is not None:  # a GEMM output may be written in place (its backward keeps no output)
+                qkv[..., channels : 2 * channels] += key_offset
         # unbind, not slicing: backward stacks the pieces' gradients into one buffer, where each
         # slice's backward would zero a whole (B, N, 3C) buffer and autograd would add them up.
-        if self.fused_qkv:
-            q, k, v = project(self.qkv, key_offset).unflatten(-1, (3, channels)).unbind(-2)
-            return q, k, v
-        k, v = project(self.kv, key_offset).unflatten(-1, (2, channels)).unbind(-2)
-        return project(self.q), k, v
+        q, k, v = qkv.unflatten(-1, (3, channels)).unbind(-2)
+        return q, k, v
 
     def _training_forward(
         self,

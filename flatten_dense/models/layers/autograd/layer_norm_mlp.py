@@ -20,17 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .layer_norm_linear import _compute_dtype
+from .layer_norm_linear import _compute_dtype, rebuilt_norm
 from .mlp import linear_into, row_chunks
 
 __all__ = ["LayerNormMlp", "layer_norm_mlp"]
-
-
-def _rebuilt_norm(x: Tensor, mean: Tensor, rstd: Tensor, gamma: Tensor | None, beta: Tensor | None) -> Tensor:
-    normed = (x - mean).mul_(rstd)
-    if gamma is not None:
-        normed.mul_(gamma)
-    return normed.add_(beta) if beta is not None else normed
 
 
 class LayerNormMlp(torch.autograd.Function):
@@ -80,7 +73,7 @@ class LayerNormMlp(torch.autograd.Function):
             grad_h = g @ w2
             torch.ops.aten.gelu_backward.grad_input(grad_h, h, grad_input=grad_h)  # in place: GELU'(h) * (g W2)
             x_c, mean_c, rstd_c = rows[rows_c], mean[rows_c], rstd[rows_c]
-            torch.addmm(grad_w1, grad_h.t(), _rebuilt_norm(x_c, mean_c, rstd_c, gamma, beta).to(dtype), out=grad_w1)
+            torch.addmm(grad_w1, grad_h.t(), rebuilt_norm(x_c, mean_c, rstd_c, gamma, beta).to(dtype), out=grad_w1)
             grad_b1 += grad_h.sum(dim=0)
             grad_normed = (grad_h @ w1).to(x.dtype)
             grad_x_c, grad_gamma_c, grad_beta_c = torch.ops.aten.native_layer_norm_backward(
