@@ -143,7 +143,7 @@ class PyramidModel(nn.Module):
     def _apply_out_norm(self, index: int, feature: Tensor) -> Tensor:
         """(B, C, H, W) map, usually channels-last in memory -> its output norm, contiguous NCHW."""
         norm = self.out_norms[str(index)]
-        return to_nchw(feature, None if isinstance(norm, nn.Identity) else norm)
+        return to_nchw(feature, None if isinstance(norm, nn.Identity) else norm, fast=self.fast_layers)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """Classifier: (B, 3, H, W) -> (B, num_classes). Backbone: list of (B, C_i, H/s_i, W/s_i)."""

@@ -9,6 +9,7 @@ from .depthwise_conv import depthwise_conv_of_view
 from .focused_kernel import FocusedKernel, focused_kernel_recomputed
 from .layer_norm_linear import layer_norm_linear
 from .layer_norm_mlp import layer_norm_mlp
+from .layer_norm_nchw import layer_norm_to_nchw
 from .linear_attention import focused_linear_attention, linear_attention
 from .mlp import gelu_linear
 from .patch_conv import patch_conv
@@ -24,6 +25,7 @@ __all__ = [
     "gelu_linear",
     "layer_norm_linear",
     "layer_norm_mlp",
+    "layer_norm_to_nchw",
     "linear_attention",
     "patch_conv",
     "to_windows",
