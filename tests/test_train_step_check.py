@@ -69,3 +69,8 @@ def test_worker_process_returns_the_rounds(tool):
     result = tool.measured_in_fresh_process([OURS], 64, 1, 1)
     assert result is not None and len(result["rounds"][OURS]) == 1
     assert result["rounds"][OURS][0]["train_ms"] > 0
+
+
+def test_first_touch_cost_is_measured_in_a_fresh_process(tool):
+    cost = tool.first_touch_ms_per_mib(8)
+    assert cost is not None and 0 < cost < 1000  # ms per MiB: about 0.1-10 on the test VM
