@@ -149,3 +149,30 @@ def test_fused_forward_equals_the_plain_equations() -> None:
         out = out + attn.dwc(v_grid).reshape(2, 2, 16, side * side).transpose(-2, -1)
         expected = attn.proj(out.transpose(1, 2).reshape(2, side * side, 32))
         assert torch.allclose(attn(x, (side, side)), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("fused_qkv", [True, False])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_fast_training_projection_equals_plain(fused_qkv: bool, qkv_bias: bool, with_norm: bool) -> None:
+    """q, k, v from one GEMM (PVT's q and kv stacked), with norm1 fused in or not: the plain gradients."""
+    from flatten_dense.models.layers.fast_layers import set_fast_layers
+
+    torch.manual_seed(0)
+    plain = FocusedLinearAttention(8, 2, num_keys=16, fused_qkv=fused_qkv, qkv_bias=qkv_bias).double()
+    with torch.no_grad():
+        plain.scale.normal_()
+        plain.positional_encoding.normal_()
+    fast = set_fast_layers(FocusedLinearAttention(8, 2, num_keys=16, fused_qkv=fused_qkv, qkv_bias=qkv_bias).double())
+    fast.load_state_dict(plain.state_dict())
+    norm = nn.LayerNorm(8).double()
+    x = torch.randn(2, 20, 8, dtype=torch.float64, requires_grad=True)
+    outs = [
+        layer.normed_forward(x, norm, (4, 5)) if with_norm and layer is fast else layer(norm(x), (4, 5))
+        for layer in (fast, plain)
+    ]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-12)
+    grad = torch.randn_like(outs[0])
+    grads = [torch.autograd.grad(out, [x, *layer.parameters()], grad) for out, layer in zip(outs, (fast, plain))]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

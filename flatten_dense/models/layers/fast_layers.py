@@ -126,7 +126,11 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
         if norm is not None:
             qkv = layer_norm_linear(x, norm, *linears, offset=key_offset, offset_start=channels)
         else:
-            qkv = torch.cat([linear(x) for linear in linears], dim=-1) if len(linears) > 1 else linears[0](x)
+            if self.fused_qkv:
+                qkv = self.qkv(x)
+            else:  # one GEMM over the stacked weights, as in layer_norm_linear
+                bias = None if self.q.bias is None else torch.cat((self.q.bias, self.kv.bias))
+                qkv = F.linear(x, torch.cat((self.q.weight, self.kv.weight)), bias)
             if key_offset is not None:  # a GEMM output may be written in place (its backward keeps no output)
                 qkv[..., channels : 2 * channels] += key_offset
         # unbind, not slicing: backward stacks the pieces' gradients into one buffer, where each

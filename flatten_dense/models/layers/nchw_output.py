@@ -3,10 +3,12 @@
 The stages compute tokens (B, H*W, C), i.e. channels-last maps; detection and segmentation heads get
 contiguous NCHW. torch's CPU copy from channels-last to NCHW runs far below memory bandwidth on
 large maps (64 x 256 x 256: 10.8 ms). Transposing a few thousand tokens at a time, while they are
-still in cache from the norm, is 3-4x faster (2.7 ms) and never holds a full-size normed copy:
-in inference always, in CPU training on the fast path (`fast=True`) through the autograd function
-of `autograd/layer_norm_nchw.py`, which does the same blocks in backward. GPUs, autocast,
-torch.compile and the plain layers take the plain path (one norm, one copy): the same numbers.
+still in cache from the norm, is 3-4x faster (2.7 ms) and never holds a full-size normed copy.
+On CPU without torch.compile that is how every inference output is made; in CPU training without
+autocast the fast layers (`fast=True`) do the same through the autograd function of
+`autograd/layer_norm_nchw.py`, which walks the same blocks in backward. Everything else (GPUs,
+compile, the plain layers in training, autocast in training) takes the plain path (one norm, one
+copy): the same numbers.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ def _cpu_eager(feature: Tensor) -> bool:
 
 
 def _blocked_training(feature: Tensor, norm: nn.Module | None) -> bool:
-    """Recording autograd on CPU without autocast, with a LayerNorm to apply."""
-    autocast = torch.is_autocast_enabled("cpu")
-    return type(norm) is nn.LayerNorm and torch.is_grad_enabled() and not autocast and _cpu_eager(feature)
+    """Recording autograd on CPU without autocast, with a LayerNorm of the map's dtype to apply."""
+    if type(norm) is not nn.LayerNorm or (norm.weight is not None and norm.weight.dtype != feature.dtype):
+        return False  # a float32 norm on a half-precision map: the plain path's type promotion
+    return torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and _cpu_eager(feature)
 
 
 def to_nchw(feature: Tensor, norm: nn.Module | None = None, *, fast: bool = False) -> Tensor:

@@ -30,7 +30,8 @@ def token_blocks(tokens: int, channels: int) -> list[slice]:
 
 
 class LayerNormToNchw(torch.autograd.Function):
-    """tokens (B, N, C) -> LayerNorm over C, laid out (B, C, N); saves the tokens, mean and rstd."""
+    """tokens (B, N, C) -> LayerNorm over C, laid out (B, C, N); saves the tokens, mean and rstd.
+    gamma and beta (None without elementwise affine) have the tokens' dtype (mean and rstd do too)."""
 
     @staticmethod
     def forward(ctx, tokens: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float) -> Tensor:
@@ -49,11 +50,12 @@ class LayerNormToNchw(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, None]:
         tokens, gamma, beta, mean, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
         channels = tokens.shape[-1]
-        grad_tokens = torch.empty_like(tokens)
-        grad_gamma = None if gamma is None else torch.zeros_like(gamma)
-        grad_beta = None if beta is None else torch.zeros_like(beta)
-        mask = [True, gamma is not None, beta is not None]
+        grad_tokens = torch.empty_like(tokens) if need[0] else None
+        grad_gamma = torch.zeros_like(gamma) if gamma is not None and need[1] else None
+        grad_beta = torch.zeros_like(beta) if beta is not None and need[2] else None
+        mask = [need[0], grad_gamma is not None, grad_beta is not None]
         for block in token_blocks(tokens.shape[1], channels):
             grad_block = grad[:, :, block].transpose(1, 2).contiguous()  # B T C
             # the kernel reads its inputs as dense rows: a token block of a batch of 2+ is not
@@ -61,13 +63,13 @@ class LayerNormToNchw(torch.autograd.Function):
             grad_x, grad_gamma_b, grad_beta_b = torch.ops.aten.native_layer_norm_backward(
                 grad_block, x_block, [channels], mean_block, rstd_block, gamma, beta, mask
             )
-            grad_tokens[:, block] = grad_x
+            if grad_tokens is not None:
+                grad_tokens[:, block] = grad_x
             if grad_gamma is not None:
                 grad_gamma += grad_gamma_b
             if grad_beta is not None:
                 grad_beta += grad_beta_b
-        need = ctx.needs_input_grad
-        return grad_tokens, grad_gamma if need[1] else None, grad_beta if need[2] else None, None
+        return grad_tokens, grad_gamma, grad_beta, None
 
 
 def layer_norm_to_nchw(tokens: Tensor, norm: nn.LayerNorm, grid: tuple[int, int]) -> Tensor:
