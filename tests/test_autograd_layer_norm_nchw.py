@@ -26,6 +26,15 @@ def _plain(tokens: torch.Tensor, norm: nn.Module, grid: tuple[int, int]) -> torc
 
 
 @pytest.fixture
+def block_calls(monkeypatch) -> list[int]:
+    """One entry per call of the blocked autograd function."""
+    calls: list[int] = []
+    real = LayerNormToNchw.apply
+    monkeypatch.setattr(LayerNormToNchw, "apply", lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
+@pytest.fixture
 def small_blocks(monkeypatch):
     monkeypatch.setattr(layer_norm_nchw, "BLOCK_ELEMENTS", 40)  # several blocks, the last one short
 
@@ -67,16 +76,13 @@ def test_expanded_gradient_of_a_mean_loss(small_blocks):
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_to_nchw_in_training_takes_the_blocks_only_on_the_fast_path(monkeypatch, fast):
-    calls = []
-    real = LayerNormToNchw.apply
-    monkeypatch.setattr(LayerNormToNchw, "apply", lambda *args: calls.append(1) or real(*args))
+def test_to_nchw_in_training_takes_the_blocks_only_on_the_fast_path(block_calls, fast):
     norm = _norm(5, torch.float32)
     tokens = torch.randn(1, 12, 5, requires_grad=True)
     feature = tokens.view(1, 3, 4, 5).permute(0, 3, 1, 2)  # channels-last, as the stages hold it
     out = to_nchw(feature, norm, fast=fast)
     out.square().sum().backward()
-    assert len(calls) == int(fast)
+    assert len(block_calls) == int(fast)
     ref_tokens = tokens.detach().clone().requires_grad_()
     _plain(ref_tokens, norm, (3, 4)).square().sum().backward()
     torch.testing.assert_close(out, _plain(tokens.detach(), norm, (3, 4)))
@@ -98,10 +104,7 @@ def test_without_affine_or_with_a_frozen_part(small_blocks, affine, frozen):
 
 
 @pytest.mark.parametrize("case", ["no_grad", "autocast", "nchw_input", "float32_norm_on_bf16"])
-def test_to_nchw_keeps_the_plain_path_where_the_blocks_do_not_apply(monkeypatch, case):
-    calls = []
-    real = LayerNormToNchw.apply
-    monkeypatch.setattr(LayerNormToNchw, "apply", lambda *args: calls.append(1) or real(*args))
+def test_to_nchw_keeps_the_plain_path_where_the_blocks_do_not_apply(block_calls, case):
     norm = _norm(5, torch.float32)
     tokens = torch.randn(1, 12, 5, requires_grad=True)
     feature = tokens.view(1, 3, 4, 5).permute(0, 3, 1, 2)
@@ -111,7 +114,7 @@ def test_to_nchw_keeps_the_plain_path_where_the_blocks_do_not_apply(monkeypatch,
         feature = feature.bfloat16()
     with torch.no_grad() if case == "no_grad" else torch.autocast("cpu", enabled=case == "autocast"):
         out = to_nchw(feature, norm, fast=True)
-    assert calls == []
+    assert block_calls == []
     expected = norm(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     torch.testing.assert_close(out, expected, atol=1e-2 if case != "no_grad" else 1e-6, rtol=1e-2)
     if out.requires_grad:
