@@ -71,6 +71,6 @@ def test_worker_process_returns_the_rounds(tool):
     assert result["rounds"][OURS][0]["train_ms"] > 0
 
 
-def test_first_touch_cost_is_measured_in_a_fresh_process(tool):
-    cost = tool.first_touch_ms_per_mib(8)
-    assert cost is not None and 0 < cost < 1000  # ms per MiB: about 0.1-10 on the test VM
+def test_fault_cost_is_system_time_per_fresh_mib(tool):
+    assert tool.fault_cost({"train_system_ms": 900.0, "train_faulted_mib": 300.0}) == "3.0"
+    assert tool.fault_cost({"train_system_ms": 20.0, "train_faulted_mib": 0.0}) == "-"

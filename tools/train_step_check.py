@@ -11,10 +11,10 @@ in alternating order (AB, BA, ...); a spec in no pair is timed alone. A ratio is
 per-round ratios, with their range: on a VM whose speed drifts by tens of percent within minutes,
 two steps seconds apart see the same machine, while rounds over all models a minute apart do not.
 Each training step's system time and fresh pages (minor faults: on a VM the first touch of freshly
-mapped memory is a large share of a step), the timed rounds' CPU steal, the cost of first touching
-fresh memory before and after each size's rounds (ms per MiB, in a fresh process: it decides how
-much those fresh pages cost), and each model's matmul share of a profiled step (the "matmul
-floor": the ratio if our step ran only its matrix products) are printed too.
+mapped memory is a large share of a step) with their quotient, the system ms per fresh MiB (what a
+page fault costs in that process at that time: it moved 5x between two runs on this VM), the timed
+rounds' CPU steal, and each model's matmul share of a profiled step (the "matmul floor": the ratio
+if our step ran only its matrix products) are printed too.
 fp32, batch 1, glibc allocator defaults for every row (no tuning), the thread count of --threads.
 Model specs as in tools/benchmark.py: a zoo name, plain:NAME (fast_layers off), recompute:NAME
 (recompute_attention=True), softmax:NAME (softmax-SRA PVT), torchvision:swin_t.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -110,29 +109,6 @@ def median_peak_rss_mib(spec: str, size: int, mode: str, threads: int, repeats: 
     """The median of `repeats` fresh-process peak RSS figures (None if any failed)."""
     figures = [peak_rss_mib(spec, size, mode, threads) for _ in range(repeats)]
     return None if None in figures else statistics.median(figures)
-
-
-# The cost of first touching fresh memory, in a fresh process: how expensive a page fault is now.
-FIRST_TOUCH = r"""
-import sys, time, torch
-buffer = torch.empty(int(sys.argv[1]) * 2**18)  # MiB of float32, mapped but not yet touched
-start = time.perf_counter()
-buffer.fill_(1.0)
-print("RESULT", (time.perf_counter() - start) * 1e3 / int(sys.argv[1]))
-"""
-
-
-def first_touch_ms_per_mib(mib: int = 256) -> float | None:
-    """ms per MiB to first touch `mib` MiB of fresh memory (one thread; the kernel's page faults).
-
-    On a VM this moves by 10x within an hour (how much of the guest's free memory the host has
-    taken back), and every step that maps fresh buffers pays it: the tables record it per size."""
-    one_thread = {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", FIRST_TOUCH, str(mib)], capture_output=True, text=True, env={**os.environ, **one_thread}
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
-    return float(lines[0].split()[1]) if lines else None
 
 
 def baselines(label: str) -> list[str]:
@@ -324,7 +300,6 @@ def main() -> None:
         rounds: dict[str, list[dict[str, float]]] = {spec: [] for spec in args.models}
         shares: dict[str, list[float]] = {spec: [] for spec in args.models}
         results = []
-        touch_before = first_touch_ms_per_mib()
         for group in timing_groups(args.models):
             print(f"size {size}: {' / '.join(display_name(spec) for spec in group)}", flush=True)
             result = measured_in_fresh_process(group, size, args.rounds, args.threads)
@@ -337,7 +312,6 @@ def main() -> None:
             if len(group) == 2:
                 pairs.append(pair_row(group, result, memory, size))
         steal = steal_of(results)
-        first_touch = [touch_before, first_touch_ms_per_mib()]
         for spec in args.models:
             if not rounds[spec]:
                 continue
@@ -350,7 +324,6 @@ def main() -> None:
                     "train_peak_rss_mib": memory[spec]["train"],
                     "forward_peak_rss_mib": memory[spec]["forward"],
                     "cpu_steal": steal,
-                    "first_touch_ms_per_mib": first_touch,
                     "rounds": len(rounds[spec]),
                     "rss_repeats": args.rss_repeats,
                 }
@@ -358,6 +331,12 @@ def main() -> None:
     print_tables(machine, rows, pairs, args)
     if args.out is not None:
         args.out.write_text(json.dumps({"machine": machine, "rows": rows, "pairs": pairs}, indent=1))
+
+
+def fault_cost(row: dict) -> str:
+    """System ms per MiB of fresh pages in a training step ('-' below 16 MiB: too few to say)."""
+    fresh = row["train_faulted_mib"]
+    return f"{row['train_system_ms'] / fresh:.1f}" if fresh >= 16 else "-"
 
 
 def print_tables(machine: dict, rows: list[dict], pairs: list[dict], args: argparse.Namespace) -> None:
@@ -368,24 +347,20 @@ def print_tables(machine: dict, rows: list[dict], pairs: list[dict], args: argpa
     )
     print(
         "| model | size | train step ms | train peak RSS MiB | forward ms | forward peak RSS MiB"
-        " | train system ms | train fresh pages MiB | train matmul share |"
+        " | train system ms | train fresh pages MiB | system ms per fresh MiB | train matmul share |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['model']} | {row['size']} | {row['train_ms']:.0f} | {row['train_peak_rss_mib'] or 0:.0f} "
             f"| {row['forward_ms']:.0f} | {row['forward_peak_rss_mib'] or 0:.0f} "
-            f"| {row['train_system_ms']:.0f} | {row['train_faulted_mib']:.0f} "
+            f"| {row['train_system_ms']:.0f} | {row['train_faulted_mib']:.0f} | {fault_cost(row)} "
             f"| {100 * row['train_matmul_share']:.0f}% |"
         )
     for size in args.sizes:
         steal = next((row["cpu_steal"] for row in rows if row["size"] == size), None)
         if steal is not None:
             print(f"size {size}: CPU steal (time given to other guests) {100 * steal:.1f}% during the timed rounds")
-        touch = next((row["first_touch_ms_per_mib"] for row in rows if row["size"] == size), None)
-        if touch is not None and None not in touch:
-            before, after = touch
-            print(f"size {size}: first touch of fresh memory {before:.2f} ms/MiB before the rounds, {after:.2f} after")
     print(
         "\nTime ratios: median [min-max] of the per-round ratios of the pair, alternated in one process."
         " Matmul floor: our step's matmul time alone over the other's whole step.\n"
