@@ -49,7 +49,7 @@ class LayerNormLinear(torch.autograd.Function):
         ctx.compute_dtype = dtype = _compute_dtype(x)
         ctx.save_for_backward(x, gamma, beta, mean, rstd, *weights)
         ctx.has_bias = biases[0] is not None
-        bias = torch.cat(biases).to(dtype) if ctx.has_bias else None
+        bias = _stacked(biases, dtype) if ctx.has_bias else None
         out = F.linear(normed.to(dtype), _stacked(weights, dtype), bias)
         ctx.offset_shape = None if offset is None else offset.shape
         ctx.offset_start = offset_start
@@ -86,8 +86,9 @@ class LayerNormLinear(torch.autograd.Function):
         return grad_x, grad_gamma, grad_beta, None, grad_offset, None, *grad_linears
 
 
-def _stacked(weights: tuple[Tensor, ...] | list[Tensor], dtype: torch.dtype) -> Tensor:
-    return weights[0].to(dtype) if len(weights) == 1 else torch.cat([w.to(dtype) for w in weights])
+def _stacked(tensors: tuple[Tensor, ...] | list[Tensor], dtype: torch.dtype) -> Tensor:
+    """Weights (or biases) of several linears along the output features; one linear's, uncopied."""
+    return tensors[0].to(dtype) if len(tensors) == 1 else torch.cat([t.to(dtype) for t in tensors])
 
 
 def layer_norm_linear(
