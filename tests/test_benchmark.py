@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +234,26 @@ def test_tensor_peak_follows_allocations_and_frees() -> None:
         return kept, later
 
     assert peak_tensor_bytes(work) == 5 * 2**20
+
+
+FLOP_COUNT_PEAK_CHILD = """
+import importlib
+import torch
+
+measure = importlib.import_module("flatten_dense.benchmark.measure")  # the module, not the function
+
+def count_flops_with_a_large_peak(run):
+    torch.ones(128, 2**20)  # 512 MiB touched and freed: only the FLOP count makes this peak
+    return 1
+
+measure.count_flops = count_flops_with_a_large_peak
+options = measure.MeasureOptions(repeats=1, warmup=0, train=False, tuned_allocator=False)
+print(measure.measure("flatten_pvt_t", (64, 64), 1, options)["peak_mem_mb"])
+"""
+
+
+def test_forward_peak_memory_leaves_out_the_flop_count() -> None:
+    """The FLOP count runs the plain layers (a larger peak); the forward's peak must not include it."""
+    done = subprocess.run([sys.executable, "-c", FLOP_COUNT_PEAK_CHILD], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip().splitlines()[-1]) < 256

@@ -2,10 +2,14 @@
 
 Peak memory. CUDA: `torch.cuda.max_memory_allocated` growth over the memory held before the first
 forward (allocator bytes, not the caching pool). CPU: growth of the process's resident set high-water
-mark (`resource.getrusage().ru_maxrss`) over the RSS just before the first forward. That is only
-meaningful in a process that has not run anything bigger before, so the benchmark runs every
-measurement in a fresh worker process (see `worker.py`). Inference is measured first, so
-`peak_mem_mb` is the inference peak; `train_peak_mem_mb` is read after the training steps.
+mark over the RSS just before the first forward. On Linux the mark is reset there
+(`/proc/self/clear_refs`) and read as VmHWM: `ru_maxrss` keeps the RSS of the process a worker was
+forked from (Linux carries it across fork and exec), so a worker of a large parent read the
+parent's size. Elsewhere `ru_maxrss` is used, meaningful only in a process that has not run
+anything bigger before; the benchmark runs every measurement in a fresh worker (see `worker.py`).
+Inference is measured first, so `peak_mem_mb` is the inference peak (read before the FLOP count:
+under its dispatch mode the fast layers run their plain parents); `train_peak_mem_mb` is read after
+the training steps.
 On CPU `tensor_peak_mb` (`train_tensor_peak_mb`) adds the peak of live tensor memory in one forward
 (training step), from `tensor_memory.py`: deterministic, free of the C library's retention and
 fragmentation that the RSS figure includes.
@@ -50,8 +54,25 @@ class MeasureOptions:
 
 
 def _maxrss_bytes() -> int:
+    """The resident-set high-water mark: VmHWM where /proc has it (reset by `_reset_maxrss`)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _reset_maxrss() -> None:
+    """VmHWM := VmRSS on Linux, so the peak is this measurement's and not an earlier one's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass  # no /proc (macOS) or not permitted: ru_maxrss since the process started
 
 
 def output_loss(output: object) -> Tensor:
@@ -91,6 +112,7 @@ def _memory_start(device: torch.device) -> int:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
+    _reset_maxrss()
     return psutil.Process().memory_info().rss
 
 
@@ -133,12 +155,14 @@ def measure(spec: str, size: tuple[int, int], batch: int, options: MeasureOption
     start = time.perf_counter()
     forward()  # first call: compiles when --compile, fills position-encoding caches
     result["first_call_ms"] = (time.perf_counter() - start) * 1e3
-    with torch.inference_mode(), autocast:
-        result["flops"] = count_flops(lambda: model(images))
     times = _median_seconds(forward, options.repeats, max(0, options.warmup - 1), device)
     result["latency_ms"] = statistics.median(times) * 1e3
     result["latency_all_ms"] = [t * 1e3 for t in times]
+    # Before the FLOP count: under its dispatch mode the fast layers run their plain parents, whose
+    # larger peak (Swin-T at 1024: +50-90 MiB) is not the forward's.
     result["peak_mem_mb"] = _memory_peak_growth(device, memory_start)
+    with torch.inference_mode(), autocast:
+        result["flops"] = count_flops(lambda: model(images))
     if device.type == "cpu":  # CUDA's peak_mem_mb is already the allocator's tensor peak
         with torch.inference_mode(), autocast:
             result["tensor_peak_mb"] = peak_tensor_bytes(lambda: runner(images)) / 2**20
