@@ -253,7 +253,7 @@ print(measure.measure("flatten_pvt_t", (64, 64), 1, options)["peak_mem_mb"])
 
 
 def test_forward_peak_memory_leaves_out_the_flop_count() -> None:
-    """The FLOP count runs the plain layers (a larger peak); the forward's peak must not include it."""
+    """The FLOP count runs unfused linears (a larger peak); the forward's peak must not include it."""
     done = subprocess.run([sys.executable, "-c", FLOP_COUNT_PEAK_CHILD], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.strip().splitlines()[-1]) < 256

@@ -74,3 +74,11 @@ def test_worker_process_returns_the_rounds(tool):
 def test_fault_cost_is_system_time_per_fresh_mib(tool):
     assert tool.fault_cost({"train_system_ms": 900.0, "train_faulted_mib": 300.0}) == "3.0"
     assert tool.fault_cost({"train_system_ms": 20.0, "train_faulted_mib": 0.0}) == "-"
+
+
+def test_peak_rss_child_measures_the_step_not_the_process(tool):
+    """The fresh process resets the high-water mark after its warm-up: a forward's peak is small."""
+    forward = tool.peak_rss_mib(OURS, 192, "forward", 1)
+    train = tool.peak_rss_mib(OURS, 192, "train", 1)
+    assert forward is not None and train is not None
+    assert 0 < forward < train < 256

@@ -58,14 +58,10 @@ MODES = ("train", "forward")
 
 # One measurement in a fresh process: the peak RSS growth of a training step or a forward.
 CHILD = r"""
-import sys, gc, torch
+import sys, gc, psutil, torch
 torch.set_num_threads(int(sys.argv[4]))
+from flatten_dense.benchmark.measure import peak_rss_bytes, reset_peak_rss
 from flatten_dense.benchmark.targets import build_target
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
 
 spec, size, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 model = build_target(spec).model
@@ -85,11 +81,10 @@ def run(images):
 run(torch.randn(1, 3, 64, 64))
 gc.collect()
 images = torch.randn(1, 3, size, size)
-start = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # VmHWM := VmRSS
+reset_peak_rss()  # VmHWM := VmRSS
+start = psutil.Process().memory_info().rss
 run(images)
-print("RESULT", (status("VmHWM") - start) / 2**20)
+print("RESULT", (peak_rss_bytes() - start) / 2**20)
 """
 
 

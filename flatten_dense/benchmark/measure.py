@@ -8,8 +8,8 @@ forked from (Linux carries it across fork and exec), so a worker of a large pare
 parent's size. Elsewhere `ru_maxrss` is used, meaningful only in a process that has not run
 anything bigger before; the benchmark runs every measurement in a fresh worker (see `worker.py`).
 Inference is measured first, so `peak_mem_mb` is the inference peak (read before the FLOP count:
-under its dispatch mode the fast layers run their plain parents); `train_peak_mem_mb` is read after
-the training steps.
+under its dispatch mode the fused oneDNN linears fall back to unfused aten ops, a larger peak);
+`train_peak_mem_mb` is read after the training steps.
 On CPU `tensor_peak_mb` (`train_tensor_peak_mb`) adds the peak of live tensor memory in one forward
 (training step), from `tensor_memory.py`: deterministic, free of the C library's retention and
 fragmentation that the RSS figure includes.
@@ -53,8 +53,8 @@ class MeasureOptions:
     tuned_allocator: bool = True  # glibc keeps freed memory (flatten_dense.core.cpu_allocator), as the tools run
 
 
-def _maxrss_bytes() -> int:
-    """The resident-set high-water mark: VmHWM where /proc has it (reset by `_reset_maxrss`)."""
+def peak_rss_bytes() -> int:
+    """The resident-set high-water mark in bytes: VmHWM where /proc has it (reset by `reset_peak_rss`)."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -66,7 +66,7 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _reset_maxrss() -> None:
+def reset_peak_rss() -> None:
     """VmHWM := VmRSS on Linux, so the peak is this measurement's and not an earlier one's."""
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
@@ -112,7 +112,7 @@ def _memory_start(device: torch.device) -> int:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
-    _reset_maxrss()
+    reset_peak_rss()
     return psutil.Process().memory_info().rss
 
 
@@ -122,7 +122,7 @@ def _memory_peak_growth(device: torch.device, start: int) -> float:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = _maxrss_bytes()
+        peak = peak_rss_bytes()
     return max(0, peak - start) / 2**20
 
 
@@ -158,8 +158,8 @@ def measure(spec: str, size: tuple[int, int], batch: int, options: MeasureOption
     times = _median_seconds(forward, options.repeats, max(0, options.warmup - 1), device)
     result["latency_ms"] = statistics.median(times) * 1e3
     result["latency_all_ms"] = [t * 1e3 for t in times]
-    # Before the FLOP count: under its dispatch mode the fast layers run their plain parents, whose
-    # larger peak (Swin-T at 1024: +50-90 MiB) is not the forward's.
+    # Before the FLOP count: under its dispatch mode the fused oneDNN linears fall back to unfused
+    # aten ops, whose larger peak (Swin-T at 1024: +50-90 MiB) is not the forward's.
     result["peak_mem_mb"] = _memory_peak_growth(device, memory_start)
     with torch.inference_mode(), autocast:
         result["flops"] = count_flops(lambda: model(images))
