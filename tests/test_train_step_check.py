@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from tool_module import load_tool
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "train_step_check.py"
 OURS, PLAIN = "flatten_pvt_v2_b0", "plain:flatten_pvt_v2_b0"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("train_step_check", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_step_check")
 
 
 def test_every_flatten_row_is_timed_next_to_what_it_is_compared_with(tool):
