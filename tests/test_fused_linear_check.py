@@ -44,8 +44,35 @@ def test_the_off_side_runs_no_onednn_linear_and_the_switch_is_restored(tool, mon
     assert counting.calls > 0
 
 
-def test_measure_reports_alternated_rounds_and_per_round_ratios(tool):
+def test_measure_alternates_the_order_and_takes_the_median_of_per_round_ratios(tool, monkeypatch):
+    calls = []
+    seconds = iter([9.0, 9.0] + [1.0, 2.0, 4.0, 3.0, 3.0, 1.0])  # warm-ups, then (on, off), (off, on), (on, off)
+
+    def fake_forward(model, x, *, onednn):
+        calls.append(onednn)
+        return next(seconds)
+
+    monkeypatch.setattr(tool, "timed_forward", fake_forward)
     row = tool.measure("flatten_pvt_v2_b0", 64, 3)
-    assert row["rounds"] == 3 and row["onednn_ms"] > 0 and row["aten_ms"] > 0
-    low, high = row["ratio_range"]
-    assert low <= row["ratio"] <= high
+    assert calls == [True, False, True, False, False, True, True, False]
+    # per round on / off: 1/2, 3/4, 3/1 -> median 0.75 (the ratio of the medians, 3000 / 2000 ms, would be 1.5)
+    assert row["ratio"] == 0.75 and row["ratio_range"] == [0.5, 3.0]
+    assert row["onednn_ms"] == 3000.0 and row["aten_ms"] == 2000.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "torchvision:swin_t"], "not a registered backbone: torchvision:swin_t"),
+        (["--sizes", "16"], "--sizes must be at least 32: got 16"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--out", "/no/such/folder/ab.json"], "--out: folder /no/such/folder does not exist"),
+    ],
+)
+def test_bad_arguments_are_refused_before_measuring(tool, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(tool, "measure", lambda *args: pytest.fail("measured despite bad arguments"))
+    monkeypatch.setattr("sys.argv", ["fused_linear_check.py", *argv])
+    with pytest.raises(SystemExit):
+        tool.main()
+    assert message in capsys.readouterr().err

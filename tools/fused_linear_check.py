@@ -4,13 +4,16 @@
     python tools/fused_linear_check.py --sizes 512 1024 --rounds 12 [--models NAME ...] [--out FILE.json]
 
 Issue 15 keeps a CPU-inference fusion only where it measurably pays on more than one processor.
-`fused_linear.py` runs every linear of a CPU fp32 inference forward as oneDNN's `_linear_pointwise`
-with its bias, GELU or residual add in the GEMM's epilogue; with the op switched off
-(`fused_linear._ONEDNN_LINEAR = None`) the same forward runs `F.linear` plus the separate
-elementwise ops, the same numbers. Per model and size, one process builds the model once and
-times eval forwards under `torch.no_grad`, on and off in alternating order (on-off, off-on, ...)
-after one warm-up call each; the ratio is the median of the per-round ratios, with their range.
-fp32, batch 1, glibc allocator defaults, the thread count of --threads.
+In a CPU fp32 inference forward, `fused_linear.py` runs every linear as oneDNN's `_linear_pointwise`
+with its GELU or residual add in the GEMM's epilogue, and `split_linear` makes each q/k/v piece a
+GEMM of its own (contiguous outputs). With the op switched off (`fused_linear._ONEDNN_LINEAR = None`)
+the same forward takes the aten path: `F.linear`, then GELU or the add as separate ops, and one wide
+GEMM split into strided views; the same numbers. Every model and size of one invocation runs in
+this one process: the model is built once per (model, size) and times eval forwards under
+`torch.no_grad`, on and off in alternating order (on-off, off-on, ...) after one warm-up call each;
+the ratio is the median of the per-round ratios, with their range. fp32, batch 1, glibc allocator
+defaults (no tuning), the thread count of --threads. Registered FLatten backbones only: other specs
+(torchvision, plain layers) run no fused linear, so their ratio would mean nothing.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ sys.path.insert(0, str(REPO))
 
 from flatten_dense.benchmark.cli import describe_machine, machine_info  # noqa: E402
 from flatten_dense.benchmark.targets import build_target  # noqa: E402
+from flatten_dense.models import list_models  # noqa: E402
 from flatten_dense.models.layers import fused_linear  # noqa: E402
 
 ONEDNN_OP = fused_linear._ONEDNN_LINEAR
+MIN_SIZE = 32  # the smallest input every registered backbone takes (a stride-4 stem, then three stride-2 stages)
 
 
 def timed_forward(model: torch.nn.Module, x: torch.Tensor, *, onednn: bool) -> float:
     """Seconds of one eval forward with the oneDNN linears on or off."""
+    before = fused_linear._ONEDNN_LINEAR
     fused_linear._ONEDNN_LINEAR = ONEDNN_OP if onednn else None
     try:
         with torch.no_grad():
@@ -43,7 +49,7 @@ def timed_forward(model: torch.nn.Module, x: torch.Tensor, *, onednn: bool) -> f
             model(x)
             return time.perf_counter() - start
     finally:
-        fused_linear._ONEDNN_LINEAR = ONEDNN_OP
+        fused_linear._ONEDNN_LINEAR = before
 
 
 def measure(name: str, size: int, rounds: int) -> dict:
@@ -71,6 +77,22 @@ def measure(name: str, size: int, rounds: int) -> dict:
     }
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad input before minutes of measuring, in one line naming the culprit."""
+    unknown = [name for name in args.models if name not in set(list_models())]
+    if unknown:
+        parser.error(f"not a registered backbone: {', '.join(unknown)} (see flatten_dense.list_models())")
+    small = [str(size) for size in args.sizes if size < MIN_SIZE]
+    if small:
+        parser.error(f"--sizes must be at least {MIN_SIZE}: got {', '.join(small)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.out is not None and not args.out.parent.is_dir():
+        parser.error(f"--out: folder {args.out.parent} does not exist")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["flatten_swin_t", "flatten_pvt_t"])
@@ -79,10 +101,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write the machine and rows as JSON")
     args = parser.parse_args()
+    check_arguments(parser, args)
     if ONEDNN_OP is None:
         sys.exit("this torch has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): nothing to compare")
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_info("cpu", tuned_allocator=False)
