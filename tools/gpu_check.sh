@@ -9,12 +9,23 @@
 # Every row runs in its own process (peak memory = torch.cuda.max_memory_allocated growth); the
 # rows are interleaved, two rounds, medians reported. Results go to $OUT (or ./gpu_check) as JSON
 # and Markdown tables for docs/benchmarks.md.
+# The device image lacks omegaconf, pycocotools and faster-coco-eval (the detector rows need them):
+# run tools/gpu_wheels.sh here first, then the device call with carry [".whl"]:
+#   run(carry=[".whl"], command="bash tools/gpu_check.sh", timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}  # the device image's python3 holds its PyTorch
 [ -x .venv/bin/python ] && PY=${PYTHON:-.venv/bin/python}
 DEST=${OUT:-gpu_check}
 mkdir -p "$DEST"
+export PYTHONUNBUFFERED=1
+NEEDED="import omegaconf, pycocotools, faster_coco_eval"
+if ! "$PY" -c "$NEEDED" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then  # tools/gpu_wheels.sh
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$PY" -c "$NEEDED" || {
+  echo "missing omegaconf / pycocotools / faster-coco-eval: run tools/gpu_wheels.sh and carry .whl" >&2; exit 2; }
 "$PY" - <<'PYEOF'
 import torch
 assert torch.cuda.is_available(), "no CUDA device: this script is for a lent GPU"
