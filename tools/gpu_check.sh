@@ -19,10 +19,11 @@ PY=${PYTHON:-python3}  # the device image's python3 holds its PyTorch
 DEST=${OUT:-gpu_check}
 mkdir -p "$DEST"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the device has no install of this package: the tree is it
 NEEDED="import omegaconf, pycocotools, faster_coco_eval"
 if ! "$PY" -c "$NEEDED" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then  # tools/gpu_wheels.sh
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 "$PY" -c "$NEEDED" || {
   echo "missing omegaconf / pycocotools / faster-coco-eval: run tools/gpu_wheels.sh and carry .whl" >&2; exit 2; }
