@@ -6,7 +6,7 @@
 Issue 15 keeps a CPU-inference fusion only where it measurably pays on more than one processor.
 In a CPU fp32 inference forward, `fused_linear.py` runs every linear as oneDNN's `_linear_pointwise`
 with its GELU or residual add in the GEMM's epilogue, and `split_linear` makes each q/k/v piece a
-GEMM of its own (contiguous outputs). With the op switched off (`fused_linear._ONEDNN_LINEAR = None`)
+GEMM of its own (contiguous outputs). With the op switched off (`fused_linear.onednn_linears_off()`)
 the same forward takes the aten path: `F.linear`, then GELU or the add as separate ops, and one wide
 GEMM split into strided views; the same numbers. Every model and size of one invocation runs in
 this one process: the model is built once per (model, size) and times eval forwards under
@@ -19,6 +19,7 @@ defaults (no tuning), the thread count of --threads. Registered FLatten backbone
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -35,21 +36,15 @@ from flatten_dense.benchmark.targets import build_target  # noqa: E402
 from flatten_dense.models import list_models  # noqa: E402
 from flatten_dense.models.layers import fused_linear  # noqa: E402
 
-ONEDNN_OP = fused_linear._ONEDNN_LINEAR
 MIN_SIZE = 32  # the smallest input every registered backbone takes (a stride-4 stem, then three stride-2 stages)
 
 
 def timed_forward(model: torch.nn.Module, x: torch.Tensor, *, onednn: bool) -> float:
     """Seconds of one eval forward with the oneDNN linears on or off."""
-    before = fused_linear._ONEDNN_LINEAR
-    fused_linear._ONEDNN_LINEAR = ONEDNN_OP if onednn else None
-    try:
-        with torch.no_grad():
-            start = time.perf_counter()
-            model(x)
-            return time.perf_counter() - start
-    finally:
-        fused_linear._ONEDNN_LINEAR = before
+    with contextlib.nullcontext() if onednn else fused_linear.onednn_linears_off(), torch.no_grad():
+        start = time.perf_counter()
+        model(x)
+        return time.perf_counter() - start
 
 
 def measure(name: str, size: int, rounds: int) -> dict:
@@ -79,7 +74,8 @@ def measure(name: str, size: int, rounds: int) -> dict:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad input before minutes of measuring, in one line naming the culprit."""
-    unknown = [name for name in args.models if name not in set(list_models())]
+    registered = set(list_models())
+    unknown = [name for name in args.models if name not in registered]
     if unknown:
         parser.error(f"not a registered backbone: {', '.join(unknown)} (see flatten_dense.list_models())")
     small = [str(size) for size in args.sizes if size < MIN_SIZE]
@@ -102,7 +98,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the machine and rows as JSON")
     args = parser.parse_args()
     check_arguments(parser, args)
-    if ONEDNN_OP is None:
+    if not fused_linear.has_onednn_linear():
         sys.exit("this torch has no oneDNN linear (torch.ops.mkldnn._linear_pointwise): nothing to compare")
     if args.threads:
         torch.set_num_threads(args.threads)

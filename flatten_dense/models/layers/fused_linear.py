@@ -11,13 +11,22 @@ fusion, and under any dispatch mode (FLOP counters, fake tensors), which must se
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["fused_linear", "in_inference", "project_output", "split_linear", "uses_onednn"]
+__all__ = [
+    "fused_linear",
+    "has_onednn_linear",
+    "in_inference",
+    "onednn_linears_off",
+    "project_output",
+    "split_linear",
+    "uses_onednn",
+]
 
 
 def _onednn_linear_op() -> object | None:
@@ -27,6 +36,23 @@ def _onednn_linear_op() -> object | None:
 
 
 _ONEDNN_LINEAR = _onednn_linear_op()
+
+
+def has_onednn_linear() -> bool:
+    """This torch has oneDNN's linear, so CPU fp32 inference can take the fused path."""
+    return _ONEDNN_LINEAR is not None
+
+
+@contextmanager
+def onednn_linears_off() -> Iterator[None]:
+    """Within the block every linear takes the aten path (`F.linear`, then the separate ops), the
+    same numbers: for A/B measurements of what the oneDNN path buys (tools/fused_linear_check.py)."""
+    global _ONEDNN_LINEAR
+    before, _ONEDNN_LINEAR = _ONEDNN_LINEAR, None
+    try:
+        yield
+    finally:
+        _ONEDNN_LINEAR = before
 
 
 def in_inference(module: nn.Module) -> bool:
