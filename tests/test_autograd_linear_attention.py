@@ -24,50 +24,80 @@ def test_linear_attention_gradcheck(per_batch_count):
 
 
 def _projections(seed=0, tokens=6, channels=6):
-    q, k, v = (_rand(2, tokens, channels, seed=seed + i) for i in range(3))
+    """Packed raw projections q | k | v (2, tokens, 3 channels) and the kernel scale (1, 1, channels)."""
+    qkv = _rand(2, tokens, 3 * channels, seed=seed)
     scale = (0.3 * _rand(1, 1, channels, seed=seed + 3)).detach().requires_grad_()
-    return q, k, v, scale
+    return qkv, scale
+
+
+def _dwc(channels, grid, kernel=3, seed=20):
+    """(weight, bias, grid, padding) of a "same" depthwise conv over `channels`."""
+    weight = _rand(channels, 1, kernel, kernel, seed=seed)
+    bias = _rand(channels, seed=seed + 1)
+    return weight, bias, grid, (kernel // 2, kernel // 2)
+
+
+def _padding_mask(tokens, padded_from):
+    keep = torch.ones(2, tokens, 1, dtype=torch.float64)
+    keep[1, padded_from:] = 0
+    return keep, keep.sum(dim=1).reshape(2, 1, 1, 1)
 
 
 @pytest.mark.parametrize("heads", [1, 2])
 def test_focused_linear_attention_gradcheck(heads):
-    q, k, v, scale = _projections()
-    assert gradcheck(lambda *t: focused_linear_attention(*t, heads, 3.0), (q, k, v, scale))
+    qkv, scale = _projections()
+    assert gradcheck(lambda *t: focused_linear_attention(*t, heads, 3.0), (qkv, scale))
 
 
 def test_focused_linear_attention_with_padding_gradcheck():
-    q, k, v, scale = _projections(seed=4)
-    keep = torch.ones(2, 6, 1, dtype=torch.float64)
-    keep[1, 4:] = 0
-    num_valid = keep.sum(dim=1).reshape(2, 1, 1, 1)
-    assert gradcheck(lambda *t: focused_linear_attention(*t, 2, 3.0, keep, num_valid), (q, k, v, scale))
+    qkv, scale = _projections(seed=4)
+    keep, num_valid = _padding_mask(6, 4)
+    assert gradcheck(lambda *t: focused_linear_attention(*t, 2, 3.0, keep, num_valid), (qkv, scale))
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("padded", [False, True])
+def test_focused_linear_attention_with_dwc_gradcheck(kernel, padded):
+    """The DWC of v inside the function: gradients of qkv, the scale and the conv's weight and bias.
+    (5 x 5 takes the conv-as-weight-gradient path of depthwise_conv.py.)"""
+    qkv, scale = _projections(seed=6, tokens=6)
+    weight, bias, grid, padding = _dwc(6, (2, 3), kernel)
+    keep, num_valid = _padding_mask(6, 4) if padded else (None, None)
+
+    def attend(qkv, scale, weight, bias):
+        return focused_linear_attention(qkv, scale, 2, 3.0, keep, num_valid, dwc=(weight, bias, grid, padding))
+
+    assert gradcheck(attend, (qkv, scale, weight, bias))
 
 
 def test_focused_linear_attention_in_token_chunks_gradcheck(monkeypatch):
     monkeypatch.setattr(mlp, "CHUNK_ELEMENTS", 4 * 6)  # 6 tokens of 6 channels: chunks of 4 and 2
-    q, k, v, scale = _projections(seed=5)
+    qkv, scale = _projections(seed=5)
     keep = torch.ones(2, 6, 1, dtype=torch.float64)
     keep[0, 3:] = 0  # padding across the chunk border
     num_valid = keep.sum(dim=1).reshape(2, 1, 1, 1)
-    assert gradcheck(lambda *t: focused_linear_attention(*t, 2, 3.0, keep, num_valid), (q, k, v, scale))
+    weight, bias, grid, padding = _dwc(6, (3, 2))
+
+    def attend(qkv, scale, weight, bias):
+        return focused_linear_attention(qkv, scale, 2, 3.0, keep, num_valid, dwc=(weight, bias, grid, padding))
+
+    assert gradcheck(attend, (qkv, scale, weight, bias))
 
 
+@pytest.mark.parametrize("with_dwc", [False, True], ids=["attention", "attention_dwc"])
 @pytest.mark.parametrize("chunk_tokens", [None, 1, 4])
 @pytest.mark.parametrize("padded", [False, True])
-def test_focused_linear_attention_equals_plain_autograd(monkeypatch, padded, chunk_tokens):
+def test_focused_linear_attention_equals_plain_autograd(monkeypatch, padded, chunk_tokens, with_dwc):
     """In one token chunk and in several (4 + 4 + 1: a ragged last one; 1 token each)."""
     if chunk_tokens is not None:
         monkeypatch.setattr(mlp, "CHUNK_ELEMENTS", chunk_tokens * 8)
-    q, k, v, scale = _projections(seed=8, tokens=9, channels=8)
-    keep = num_valid = None
-    if padded:
-        keep = torch.ones(2, 9, 1, dtype=torch.float64)
-        keep[0, 7:] = 0
-        num_valid = keep.sum(dim=1).reshape(2, 1, 1, 1)
+    qkv, scale = _projections(seed=8, tokens=9, channels=8)
+    keep, num_valid = _padding_mask(9, 7) if padded else (None, None)
+    dwc = _dwc(8, (3, 3), kernel=5) if with_dwc else None
     grad = torch.randn(2, 9, 8, dtype=torch.float64)
-    inputs = (q, k, v, scale)
-    out = focused_linear_attention(*inputs, 2, 3.0, keep, num_valid)
-    ref = plain_focused_linear_attention(*inputs, 2, 3.0, keep, num_valid)
+    inputs = (qkv, scale) if dwc is None else (qkv, scale, dwc[0], dwc[1])
+    out = focused_linear_attention(qkv, scale, 2, 3.0, keep, num_valid, dwc=dwc)
+    ref = plain_focused_linear_attention(qkv, scale, 2, 3.0, keep, num_valid, dwc=dwc)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     got = torch.autograd.grad(out, inputs, grad)
     expected = torch.autograd.grad(ref, inputs, grad)
@@ -75,11 +105,13 @@ def test_focused_linear_attention_equals_plain_autograd(monkeypatch, padded, chu
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_stores_projections_and_small_pieces_only():
-    q, k, v, scale = _projections(seed=12, tokens=64, channels=8)
+def test_stores_the_projections_and_small_pieces_only():
+    """With the DWC too: qkv is the one large tensor kept (the conv's input is rebuilt from it)."""
+    qkv, scale = _projections(seed=12, tokens=64, channels=8)
+    dwc = _dwc(8, (8, 8))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        focused_linear_attention(q, k, v, scale, 2, 3.0)
-    big = [t for t in saved if t.numel() >= q.numel()]
-    assert len(big) == 3  # q, k, v; kv, the key mean and the (B, h, N, 1) normaliser are small
-    assert sum(t.numel() for t in saved) < 3.6 * q.numel()
+        focused_linear_attention(qkv, scale, 2, 3.0, dwc=dwc)
+    big = [t for t in saved if t.numel() >= qkv.numel() // 3]
+    assert len(big) == 1 and big[0] is qkv  # kv, the key mean and the (B, h, N, 1) normaliser are small
+    assert sum(t.numel() for t in saved) < 1.2 * qkv.numel()

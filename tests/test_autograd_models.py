@@ -78,6 +78,19 @@ def test_gradients_equal_plain_autograd(monkeypatch, name, size, kwargs, recompu
         torch.testing.assert_close(grads_fast[key], grads_plain[key], rtol=1e-8, atol=1e-11, msg=key)
 
 
+@pytest.mark.parametrize(("name", "kwargs"), [("flatten_pvt_t", SMALL_PVT), ("flatten_swin_t", SMALL_GLOBAL_SWIN)])
+def test_attention_hands_back_one_packed_gradient(name, kwargs):
+    """In training each focused attention (DWC inside) takes its projection GEMM's output whole, so
+    the graph holds no unbind of q, k, v (whose backward stacks three gradients into a fresh buffer)
+    and no separate conv of v; the plain layers have both."""
+    fast, plain = _pair(name, **kwargs)
+    images = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    fast_nodes, plain_nodes = graph_node_names(*fast(images)), graph_node_names(*plain(images))
+    assert "FocusedLinearAttentionFunctionBackward" in fast_nodes
+    assert not {"UnbindBackward0", "SplitBackward0", "ConvolutionBackward0"} & fast_nodes
+    assert {"SplitBackward0", "ConvolutionBackward0"} <= plain_nodes
+
+
 def test_switch_keeps_state_dict_and_goes_back():
     model = fd.create_backbone("flatten_pvt_t", out_indices=(3,))
     keys = list(model.state_dict())

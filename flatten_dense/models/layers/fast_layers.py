@@ -16,15 +16,12 @@ their fast blocks in `FAST_LAYERS`. Tests pin each class to its parent (outputs 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .autograd import (
-    depthwise_conv_of_view,
     focused_linear_attention,
     gelu_linear,
     layer_norm_linear,
@@ -117,26 +114,20 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
             return self(norm(x), grid, valid, residual=residual)
         return self._training_forward(x, grid, valid, residual, norm=norm)
 
-    def _projection_views(
-        self, x: Tensor, norm: nn.LayerNorm | None, key_offset: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k + key_offset, v (B, N, C) as views of one GEMM output (B, N, 3C), the offset added inside it."""
+    def _projection(self, x: Tensor, norm: nn.LayerNorm | None, key_offset: Tensor | None) -> Tensor:
+        """q | k + key_offset | v (B, N, 3C): one GEMM output, the key offset added inside it."""
         channels = self.dim
         linears = [self.qkv] if self.fused_qkv else [self.q, self.kv]  # q and kv as one GEMM
         if norm is not None:
-            qkv = layer_norm_linear(x, norm, *linears, offset=key_offset, offset_start=channels)
-        else:
-            if self.fused_qkv:
-                qkv = self.qkv(x)
-            else:  # one GEMM over the stacked weights, as in layer_norm_linear
-                bias = None if self.q.bias is None else torch.cat((self.q.bias, self.kv.bias))
-                qkv = F.linear(x, torch.cat((self.q.weight, self.kv.weight)), bias)
-            if key_offset is not None:  # a GEMM output may be written in place (its backward keeps no output)
-                qkv[..., channels : 2 * channels] += key_offset
-        # unbind, not slicing: backward stacks the pieces' gradients into one buffer, where each
-        # slice's backward would zero a whole (B, N, 3C) buffer and autograd would add them up.
-        q, k, v = qkv.unflatten(-1, (3, channels)).unbind(-2)
-        return q, k, v
+            return layer_norm_linear(x, norm, *linears, offset=key_offset, offset_start=channels)
+        if self.fused_qkv:
+            qkv = self.qkv(x)
+        else:  # one GEMM over the stacked weights, as in layer_norm_linear
+            bias = None if self.q.bias is None else torch.cat((self.q.bias, self.kv.bias))
+            qkv = F.linear(x, torch.cat((self.q.weight, self.kv.weight)), bias)
+        if key_offset is not None:  # a GEMM output may be written in place (its backward keeps no output)
+            qkv[..., channels : 2 * channels] += key_offset
+        return qkv
 
     def _training_forward(
         self,
@@ -149,8 +140,8 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
     ) -> Tensor:
         """A block stores x (or its norm's input), the projections and the output projection's input.
 
-        q, k, v stay views into their GEMM outputs, which the attention function stores: the key
-        table is added into k's columns of that output, and the DWC stores the v view, not a copy.
+        The attention function takes the projection GEMM's output whole (the key table added into
+        k's columns of it), runs the DWC of v inside, and hands back one (B, N, 3C) gradient.
         With `recompute` (selective activation checkpointing) only x is stored: projections, kernels,
         DWC and output projection run again in backward, GEMMs of 4 C x C per token for 4 N x C
         floats less.
@@ -167,20 +158,18 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
     def _attend(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None, norm: nn.LayerNorm | None) -> Tensor:
         """(norm and) projections, kernels, attention and DWC: x (B, N, C) -> the proj input (B, N, C)."""
         batch, tokens, _ = x.shape
-        q, k, v = self._projection_views(x, norm, self.key_position(grid))  # k + P: no N x C tensor more
+        qkv = self._projection(x, norm, self.key_position(grid))  # k + P: no N x C tensor more
         with torch.autocast(device_type=x.device.type, enabled=False):  # kernel maths in float32 (fp16 overflow)
-            dtype = torch.promote_types(q.dtype, torch.float32)
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-            keep = num_valid = None
+            dtype = torch.promote_types(qkv.dtype, torch.float32)
+            keep = num_valid = dwc = None
             if valid is not None:
                 keep = valid.reshape(batch, tokens, 1).to(dtype)
                 num_valid = keep.sum(dim=1).clamp(min=1.0).reshape(batch, 1, 1, 1)
-            out = focused_linear_attention(
-                q, k, v, self.scale.to(dtype), self.num_heads, self.focusing_factor, keep, num_valid
-            )
             if self.dwc is not None:
-                v_kept = v if keep is None else v * keep
-                out = out + self._depthwise_conv(v_kept, grid, dtype, conv=depthwise_conv_of_view)
+                dwc = (*self._channel_dwc(dtype), grid, self.dwc.padding)
+            out = focused_linear_attention(
+                qkv.to(dtype), self.scale.to(dtype), self.num_heads, self.focusing_factor, keep, num_valid, dwc=dwc
+            )
         return out.to(x.dtype)
 
     def _inference_forward(self, x: Tensor, grid: tuple[int, int], valid: Tensor | None, residual: Tensor | None):
@@ -228,26 +217,25 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
             out = out.reshape(batch, tokens, channels)
         return project_output(self.proj, self.proj_drop, out.to(x.dtype), residual)
 
-    def _depthwise_conv(
-        self, v: Tensor, grid: tuple[int, int], dtype: torch.dtype, *, conv: Callable[..., Tensor] | None = None
-    ) -> Tensor:
-        """DWC of every head's v with the shared d-channel kernel, as one C-channel conv. -> (B, N, C).
-
-        v is laid out (B, H, W, C), i.e. NCHW in channels-last memory; the output keeps that
-        layout, so it reads back as (B, N, C) without a copy. `conv(v_grid, weight, bias, padding)`
-        replaces the dense copy + conv (training: `depthwise_conv_of_view` stores the view).
-        """
-        batch, tokens, channels = v.shape
-        height, width = grid
+    def _channel_dwc(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The shared d-channel DWC kernel repeated for every head: weight (C, 1, k, k), bias (C,)."""
         weight, bias = self.dwc.weight.to(dtype), self.dwc.bias.to(dtype)
         if self.num_heads > 1:
             weight, bias = weight.repeat(self.num_heads, 1, 1, 1), bias.repeat(self.num_heads)
+        return weight, bias
+
+    def _depthwise_conv(self, v: Tensor, grid: tuple[int, int], dtype: torch.dtype) -> Tensor:
+        """DWC of every head's v with the shared d-channel kernel, as one C-channel conv. -> (B, N, C).
+
+        v is laid out (B, H, W, C), i.e. NCHW in channels-last memory; the output keeps that
+        layout, so it reads back as (B, N, C) without a copy.
+        """
+        batch, tokens, channels = v.shape
+        height, width = grid
+        weight, bias = self._channel_dwc(dtype)
         v_grid = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # B C H W (strides of v)
-        if conv is not None:
-            local = conv(v_grid, weight, bias, self.dwc.padding)
-        else:
-            v_grid = v_grid.contiguous(memory_format=torch.channels_last)
-            local = F.conv2d(v_grid, weight, bias, padding=self.dwc.padding, groups=channels)
+        v_grid = v_grid.contiguous(memory_format=torch.channels_last)
+        local = F.conv2d(v_grid, weight, bias, padding=self.dwc.padding, groups=channels)
         return local.permute(0, 2, 3, 1).reshape(batch, tokens, channels)
 
 

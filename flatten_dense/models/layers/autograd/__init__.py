@@ -5,7 +5,6 @@ elementwise work; each file states the plain equations it computes, and tests/te
 check its gradients against plain autograd of those equations in float64.
 """
 
-from .depthwise_conv import depthwise_conv_of_view
 from .focused_kernel import FocusedKernel, focused_kernel_recomputed
 from .layer_norm_linear import layer_norm_linear
 from .layer_norm_mlp import layer_norm_mlp
@@ -18,7 +17,6 @@ from .window_rows import from_windows, to_windows, window_rows
 
 __all__ = [
     "FocusedKernel",
-    "depthwise_conv_of_view",
     "focused_kernel_recomputed",
     "focused_linear_attention",
     "from_windows",

@@ -1,9 +1,8 @@
-"""A depthwise conv of a strided token view, storing the view instead of its contiguous copy.
+"""The backward of a stride-1 depthwise conv, with the weight gradient as a conv where that pays.
 
-The attention's values v are a view into the (B, N, 3C) projection output, which the attention
-function stores anyway. The conv wants them in one dense (channels-last) block, and plain autograd
-stores that copy, one more N x C tensor per block; this function stores the view and makes the
-copy again in backward (one memory pass). Same maths as `F.conv2d(x, weight, bias, padding, groups=C)`.
+The attention function (`linear_attention.py`) runs FLatten's DWC of the values inside itself and
+calls this in its backward: dense is the (channels-last) conv input it rebuilt from the stored
+projections, so the conv keeps no copy of its own.
 
 The weight gradient is a conv too: dW[c, i, j] = sum_{b,h,w} g[b, c, h, w] x_pad[b, c, h + i, w + j]
 is x (padded) convolved with each image's output gradient as a (C, 1, Ho, Wo) depthwise kernel.
@@ -20,49 +19,34 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-__all__ = ["DepthwiseConvOfView", "depthwise_conv_of_view", "depthwise_weight_grad"]
-
-
-def _dense(x: Tensor) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last)
+__all__ = ["depthwise_conv_backward", "depthwise_weight_grad"]
 
 
-class DepthwiseConvOfView(torch.autograd.Function):
-    """F.conv2d(x, weight, bias, padding=padding, groups=C) for x (B, C, H, W) in any layout."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias = list(padding), bias is not None
-        return F.conv2d(_dense(x), weight, bias, padding=padding, groups=x.shape[1])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        dense = _dense(x)
-        weight_by_conv = ctx.needs_input_grad[1] and _conv_weight_grad_pays(x, weight)
-        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad,
-            dense,
-            weight,
-            None,
-            [1, 1],
-            ctx.padding,
-            [1, 1],
-            False,
-            [0, 0],
-            x.shape[1],
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not weight_by_conv, False],
-        )
-        if weight_by_conv:
-            grad_weight = depthwise_weight_grad(dense, grad, ctx.padding)
-        grad_bias = None
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(dim=(0, 2, 3))
-        return grad_x, grad_weight, grad_bias, None
+def depthwise_conv_backward(
+    grad: Tensor, dense: Tensor, weight: Tensor, padding: tuple[int, int], needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(d x, d weight, d bias) of F.conv2d(dense, weight, bias, padding=padding, groups=C) for the
+    output gradient grad (B, C, Ho, Wo); `needs` says which of the three to compute."""
+    channels = dense.shape[1]
+    weight_by_conv = needs[1] and _conv_weight_grad_pays(dense, weight)
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad,
+        dense,
+        weight,
+        None,
+        [1, 1],
+        list(padding),
+        [1, 1],
+        False,
+        [0, 0],
+        channels,
+        [needs[0], needs[1] and not weight_by_conv, False],
+    )
+    if weight_by_conv:
+        grad_weight = depthwise_weight_grad(dense, grad, list(padding))
+    grad_bias = grad.sum(dim=(0, 2, 3)) if needs[2] else None
+    return grad_x, grad_weight, grad_bias
 
 
 def _conv_weight_grad_pays(x: Tensor, weight: Tensor) -> bool:
@@ -79,8 +63,3 @@ def depthwise_weight_grad(x: Tensor, grad: Tensor, padding: list[int]) -> Tensor
         part = F.conv2d(image.unsqueeze(0), image_grad.unsqueeze(1), padding=padding, groups=channels)  # 1 C kh kw
         total = part if total is None else total.add_(part)
     return total.transpose(0, 1).contiguous()  # C 1 kh kw
-
-
-def depthwise_conv_of_view(x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
-    """`F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])`, storing x as given."""
-    return DepthwiseConvOfView.apply(x, weight, bias, tuple(padding))

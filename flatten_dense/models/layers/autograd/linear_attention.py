@@ -8,8 +8,9 @@ Backward, for the output gradient g (N x d), with G = g kv^T:
     dq = z G + ds m;   dkv = q^T (g z);   dm = ds^T q;   dk = (v dkv^T + dm) / n;   dv = k dkv / n
 so only q, k, v, kv, m and z (N x 1) are stored: never q kv, its product with z, or their copies.
 
-`focused_linear_attention` also applies the focused kernel to the raw projections: it stores the
-projections and rebuilds phi(q), phi(k) in backward (see focused_kernel.py).
+`focused_linear_attention` also applies the focused kernel to the raw projections and adds
+FLatten's depthwise conv of v: it stores the projections and rebuilds phi(q), phi(k) and the
+conv's input in backward (see focused_kernel.py and depthwise_conv.py).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..focusing import focused_kernel
+from .depthwise_conv import depthwise_conv_backward
 from .focused_kernel import focused_kernel_vjp, focused_kernel_without_grad
 from .mlp import row_chunks
 
@@ -111,18 +114,44 @@ def _tokens(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
-class FocusedLinearAttentionFunction(torch.autograd.Function):
-    """phi(q) (phi(k)^T v / n) / (phi(q) . mean phi(k) + eps) from raw projections q, k, v (B, N, C).
+def _split(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, N, 3C) -> q, k, v (B, N, C): views."""
+    q, k, v = qkv.unflatten(-1, (3, qkv.shape[-1] // 3)).unbind(-2)
+    return q, k, v
 
-    Saves q, k, v (the projections), kv, m and z; phi(q), phi(k) are rebuilt in backward, and the
+
+def _value_maps(v: Tensor, keep: Tensor | None, grid: tuple[int, int]) -> Tensor:
+    """The DWC input v * keep (B, N, C) as dense channels-last maps (B, C, H, W)."""
+    batch, _, channels = v.shape
+    v = v if keep is None else v * keep
+    maps = v.reshape(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
+    return maps.contiguous(memory_format=torch.channels_last)
+
+
+def _map_tokens(maps: Tensor) -> Tensor:
+    """(B, C, H, W) maps -> (B, N, C) tokens (a view for channels-last maps)."""
+    batch, channels = maps.shape[:2]
+    return maps.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+
+
+class FocusedLinearAttentionFunction(torch.autograd.Function):
+    """phi(q) (phi(k)^T v / n) / (phi(q) . mean phi(k) + eps) [+ DWC(v)] from the packed raw
+    projections qkv (B, N, 3C), q | k | v side by side as the projection GEMM writes them.
+
+    Saves qkv, kv, m and z; phi(q), phi(k) and the DWC input are rebuilt in backward, and the
     kernel chain's gradient is written out (`focused_kernel_vjp`) instead of taped again. Both
     directions walk the tokens in chunks (the products are sums over tokens, the rest is row-wise):
-    every kernel, product and gradient temporary is one small chunk the allocator reuses, and the
-    only N x C buffers made are the output and the three input gradients.
+    every kernel, product and gradient temporary is one small chunk the allocator reuses. Forward
+    adds the attention into the DWC's output buffer; backward writes the q, k and v gradients into
+    one (B, N, 3C) buffer, the DWC's input gradient added into v's part. Plain autograd of the same
+    (q, k, v views of the GEMM output and a separate conv) stacks three N x C gradients into a
+    fresh 3 N C buffer and adds the two gradients of v: on a 2-core VM 5-9% of a 1024 x 1024
+    training step, most of it first touches of fresh pages.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, heads, focusing_factor, keep, num_valid):
+    def forward(ctx, qkv, scale, dwc_weight, dwc_bias, heads, focusing_factor, keep, num_valid, grid, padding):
+        q, k, v = _split(qkv)
         batch, tokens, channels = q.shape
         head_dim = channels // heads
         chunks = row_chunks(tokens, channels)
@@ -136,38 +165,50 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
             k_sum.add_(k_heads.sum(dim=2, keepdim=True))
         kv.div_(num_valid)
         k_mean = k_sum.div_(num_valid)
-        out = q.new_empty(batch, tokens, channels)
+        if dwc_weight is None:
+            out = q.new_empty(batch, tokens, channels)
+        else:  # the DWC's output (B, N, C) is the buffer the attention is added into
+            conv = F.conv2d(_value_maps(v, keep, grid), dwc_weight, dwc_bias, padding=padding, groups=channels)
+            out = _map_tokens(conv)
         z = q.new_empty(batch, heads, tokens, 1)
-        for part in chunks:  # pass 2: out = (phi(q) kv) z, z = 1 / (phi(q) . m + eps)
+        for part in chunks:  # pass 2: out (+)= (phi(q) kv) z, z = 1 / (phi(q) . m + eps)
             q_heads = _heads(focused_kernel_without_grad(q[:, part], scale, focusing_factor), heads)
             z_c = (q_heads @ k_mean.transpose(-2, -1)).add_(NORMALISER_EPS).reciprocal_()
             z[:, :, part] = z_c
-            out[:, part] = _tokens((q_heads @ kv).mul_(z_c))
+            attended = _tokens((q_heads @ kv).mul_(z_c))
+            if dwc_weight is None:
+                out[:, part] = attended
+            else:
+                out[:, part] += attended
         num_tensor = num_valid if isinstance(num_valid, Tensor) else None
-        ctx.save_for_backward(q, k, v, scale, keep, kv, k_mean, z, num_tensor)
+        ctx.save_for_backward(qkv, scale, dwc_weight, keep, kv, k_mean, z, num_tensor)
         ctx.num_valid = None if num_tensor is not None else num_valid
-        ctx.heads, ctx.focusing_factor = heads, focusing_factor
+        ctx.heads, ctx.focusing_factor, ctx.grid, ctx.padding = heads, focusing_factor, grid, padding
+        ctx.has_bias = dwc_bias is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         """The module docstring's equations, per chunk: the q side first (it gives d kv and d m,
-        sums over all tokens), then the k, v side."""
-        q, k, v, scale, keep, kv, k_mean, z, num_tensor = ctx.saved_tensors
+        sums over all tokens), then the k, v side; then the DWC's gradients."""
+        qkv, scale, dwc_weight, keep, kv, k_mean, z, num_tensor = ctx.saved_tensors
         num_valid = num_tensor if num_tensor is not None else ctx.num_valid
         heads, focusing_factor = ctx.heads, ctx.focusing_factor
+        q, k, v = _split(qkv)
         batch, tokens, channels = q.shape
         head_dim = channels // heads
         chunks = row_chunks(tokens, channels)
-        grad_q, grad_k, grad_v = (torch.empty_like(q) for _ in range(3))
+        grad = grad.contiguous()
+        grad_qkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        grad_q, grad_k, grad_v = _split(grad_qkv)
         grad_scale = torch.zeros_like(scale)
         d_kv = q.new_zeros(batch, heads, head_dim, head_dim)
         d_mean = q.new_zeros(batch, heads, 1, head_dim)
         for part in chunks:
             q_c = q[:, part]
             q_heads = _heads(focused_kernel_without_grad(q_c, scale, focusing_factor), heads)
-            g = _heads(grad[:, part].contiguous(), heads)
+            g = _heads(grad[:, part], heads)
             z_c = z[:, :, part]
             g_kv = g @ kv.transpose(-2, -1)  # G = g kv^T: B h T d
             d_s = (g_kv * q_heads).sum(dim=-1, keepdim=True).mul_(z_c).mul_(z_c).neg_()  # B h T 1
@@ -187,36 +228,62 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
             grad_k[:, part], grad_scale_c = focused_kernel_vjp(k_c, scale, focusing_factor, grad_k_phi)
             grad_v[:, part] = grad_v_c
             grad_scale += grad_scale_c
-        return grad_q, grad_k, grad_v, grad_scale, None, None, None, None
+        grad_weight = grad_bias = None
+        if dwc_weight is not None:
+            grad_maps = grad.view(batch, *ctx.grid, channels).permute(0, 3, 1, 2)  # channels-last, no copy
+            needs = (True, ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3])
+            grad_x, grad_weight, grad_bias = depthwise_conv_backward(
+                grad_maps, _value_maps(v, keep, ctx.grid), dwc_weight, ctx.padding, needs
+            )
+            grad_v_local = _map_tokens(grad_x)
+            grad_v += grad_v_local if keep is None else grad_v_local * keep
+        return grad_qkv, grad_scale, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def focused_linear_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    qkv: Tensor,
     scale: Tensor,
     heads: int,
     focusing_factor: float,
     keep: Tensor | None = None,
     num_valid: Tensor | float | None = None,
+    *,
+    dwc: tuple[Tensor, Tensor | None, tuple[int, int], tuple[int, int]] | None = None,
 ) -> Tensor:
-    """Focused linear attention of raw projections q, k, v (B, N, C) -> (B, N, C), before the DWC.
+    """Focused linear attention of the raw projections qkv (B, N, 3C) -> (B, N, C), plus the DWC of v.
 
-    `keep` (B, N, 1): 1 for real tokens, 0 for padding (their keys and values are dropped);
-    `num_valid`: the number of real keys (default N). The plain form is `plain_focused_linear_attention`.
+    `keep` (B, N, 1): 1 for real tokens, 0 for padding (their keys and values are dropped, and the
+    DWC sees zeros there); `num_valid`: the number of real keys (default N). `dwc`: (weight
+    (C, 1, kh, kw), bias (C,) or None, grid (H, W) with H W = N, padding) of the depthwise conv of
+    v added to the output, or None. The plain form is `plain_focused_linear_attention`.
     """
     if num_valid is None:
-        num_valid = float(q.shape[1])
+        num_valid = float(qkv.shape[1])
     elif isinstance(num_valid, int):
         num_valid = float(num_valid)
-    return FocusedLinearAttentionFunction.apply(q, k, v, scale, heads, focusing_factor, keep, num_valid)
+    weight, bias, grid, padding = (None, None, None, None) if dwc is None else dwc
+    if dwc is not None:
+        grid, padding = tuple(grid), tuple(padding)
+    return FocusedLinearAttentionFunction.apply(
+        qkv, scale, weight, bias, heads, focusing_factor, keep, num_valid, grid, padding
+    )
 
 
-def plain_focused_linear_attention(q, k, v, scale, heads: int, focusing_factor: float, keep=None, num_valid=None):
+def plain_focused_linear_attention(
+    qkv, scale, heads: int, focusing_factor: float, keep=None, num_valid=None, *, dwc=None
+):
     """The same with plain autograd (the reference the tests compare against)."""
     from ..focused_linear_attention import linear_attention_heads
 
+    q, k, v = qkv.chunk(3, dim=-1)
     num_valid = float(q.shape[1]) if num_valid is None else num_valid
     q_phi, k_phi, v_kept = _kernels(q, k, v, scale, focusing_factor, keep, focused_kernel)
     out = linear_attention_heads(_heads(q_phi, heads), _heads(k_phi, heads), _heads(v_kept, heads), num_valid)
-    return out.transpose(1, 2).reshape(q.shape)
+    out = out.transpose(1, 2).reshape(q.shape)
+    if dwc is None:
+        return out
+    weight, bias, grid, padding = dwc
+    batch, _, channels = v.shape
+    maps = v_kept.reshape(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
+    local = F.conv2d(maps, weight, bias, padding=padding, groups=channels)
+    return out + local.permute(0, 2, 3, 1).reshape(q.shape)
