@@ -29,6 +29,7 @@ from .autograd import (
     patch_conv,
     window_softmax_attention,
 )
+from .autograd.depthwise_conv import map_tokens, token_maps
 from .focused_linear_attention import NORMALISER_EPS, FocusedLinearAttention
 from .focusing import focused_kernel_parts
 from .fused_linear import fused_linear, in_inference, project_output, split_linear
@@ -230,13 +231,9 @@ class FastFocusedLinearAttention(FocusedLinearAttention):
         v is laid out (B, H, W, C), i.e. NCHW in channels-last memory; the output keeps that
         layout, so it reads back as (B, N, C) without a copy.
         """
-        batch, tokens, channels = v.shape
-        height, width = grid
         weight, bias = self._channel_dwc(dtype)
-        v_grid = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)  # B C H W (strides of v)
-        v_grid = v_grid.contiguous(memory_format=torch.channels_last)
-        local = F.conv2d(v_grid, weight, bias, padding=self.dwc.padding, groups=channels)
-        return local.permute(0, 2, 3, 1).reshape(batch, tokens, channels)
+        local = F.conv2d(token_maps(v, grid), weight, bias, padding=self.dwc.padding, groups=v.shape[-1])
+        return map_tokens(local)
 
 
 class FastMlp(Mlp):

@@ -20,7 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["depthwise_conv_backward", "depthwise_weight_grad"]
+__all__ = ["depthwise_conv_backward", "depthwise_weight_grad", "map_tokens", "token_maps"]
+
+
+def token_maps(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Tokens (B, N, C) of a row-major grid (H, W) as dense channels-last maps (B, C, H, W): the
+    conv's input layout (a copy only where the tokens are strided, e.g. a view into qkv)."""
+    batch, _, channels = tokens.shape
+    maps = tokens.reshape(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
+    return maps.contiguous(memory_format=torch.channels_last)
+
+
+def map_tokens(maps: Tensor) -> Tensor:
+    """(B, C, H, W) maps -> (B, N, C) tokens (a view for channels-last maps)."""
+    batch, channels = maps.shape[:2]
+    return maps.permute(0, 2, 3, 1).reshape(batch, -1, channels)
 
 
 def depthwise_conv_backward(

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..focusing import focused_kernel
-from .depthwise_conv import depthwise_conv_backward
+from .depthwise_conv import depthwise_conv_backward, map_tokens, token_maps
 from .focused_kernel import focused_kernel_vjp, focused_kernel_without_grad
 from .mlp import row_chunks
 
@@ -122,16 +122,7 @@ def _split(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _value_maps(v: Tensor, keep: Tensor | None, grid: tuple[int, int]) -> Tensor:
     """The DWC input v * keep (B, N, C) as dense channels-last maps (B, C, H, W)."""
-    batch, _, channels = v.shape
-    v = v if keep is None else v * keep
-    maps = v.reshape(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
-    return maps.contiguous(memory_format=torch.channels_last)
-
-
-def _map_tokens(maps: Tensor) -> Tensor:
-    """(B, C, H, W) maps -> (B, N, C) tokens (a view for channels-last maps)."""
-    batch, channels = maps.shape[:2]
-    return maps.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+    return token_maps(v if keep is None else v * keep, grid)
 
 
 class FocusedLinearAttentionFunction(torch.autograd.Function):
@@ -169,7 +160,7 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
             out = q.new_empty(batch, tokens, channels)
         else:  # the DWC's output (B, N, C) is the buffer the attention is added into
             conv = F.conv2d(_value_maps(v, keep, grid), dwc_weight, dwc_bias, padding=padding, groups=channels)
-            out = _map_tokens(conv)
+            out = map_tokens(conv)
         z = q.new_empty(batch, heads, tokens, 1)
         for part in chunks:  # pass 2: out (+)= (phi(q) kv) z, z = 1 / (phi(q) . m + eps)
             q_heads = _heads(focused_kernel_without_grad(q[:, part], scale, focusing_factor), heads)
@@ -184,7 +175,6 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
         ctx.save_for_backward(qkv, scale, dwc_weight, keep, kv, k_mean, z, num_tensor)
         ctx.num_valid = None if num_tensor is not None else num_valid
         ctx.heads, ctx.focusing_factor, ctx.grid, ctx.padding = heads, focusing_factor, grid, padding
-        ctx.has_bias = dwc_bias is not None
         return out
 
     @staticmethod
@@ -231,11 +221,11 @@ class FocusedLinearAttentionFunction(torch.autograd.Function):
         grad_weight = grad_bias = None
         if dwc_weight is not None:
             grad_maps = grad.view(batch, *ctx.grid, channels).permute(0, 3, 1, 2)  # channels-last, no copy
-            needs = (True, ctx.needs_input_grad[2], ctx.has_bias and ctx.needs_input_grad[3])
+            needs = (True, ctx.needs_input_grad[2], ctx.needs_input_grad[3])  # False for a None bias
             grad_x, grad_weight, grad_bias = depthwise_conv_backward(
                 grad_maps, _value_maps(v, keep, ctx.grid), dwc_weight, ctx.padding, needs
             )
-            grad_v_local = _map_tokens(grad_x)
+            grad_v_local = map_tokens(grad_x)
             grad_v += grad_v_local if keep is None else grad_v_local * keep
         return grad_qkv, grad_scale, grad_weight, grad_bias, None, None, None, None, None, None
 
@@ -261,9 +251,9 @@ def focused_linear_attention(
         num_valid = float(qkv.shape[1])
     elif isinstance(num_valid, int):
         num_valid = float(num_valid)
-    weight, bias, grid, padding = (None, None, None, None) if dwc is None else dwc
+    weight = bias = grid = padding = None
     if dwc is not None:
-        grid, padding = tuple(grid), tuple(padding)
+        weight, bias, grid, padding = dwc[0], dwc[1], tuple(dwc[2]), tuple(dwc[3])
     return FocusedLinearAttentionFunction.apply(
         qkv, scale, weight, bias, heads, focusing_factor, keep, num_valid, grid, padding
     )
@@ -283,7 +273,5 @@ def plain_focused_linear_attention(
     if dwc is None:
         return out
     weight, bias, grid, padding = dwc
-    batch, _, channels = v.shape
-    maps = v_kept.reshape(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
-    local = F.conv2d(maps, weight, bias, padding=padding, groups=channels)
-    return out + local.permute(0, 2, 3, 1).reshape(q.shape)
+    local = F.conv2d(token_maps(v_kept, grid), weight, bias, padding=padding, groups=v.shape[-1])
+    return out + map_tokens(local)
